@@ -1,0 +1,354 @@
+"""The write-behind flusher: Redis stream -> PostgreSQL, batched, idempotent, crash-safe.
+
+Entries are acknowledged (XACK + XDEL) only after the PostgreSQL commit, so a flusher killed at any point leaves
+them pending, and the next one (same consumer name) reads its own pending entries first. Run it with
+``python -m agent.flusher``; SIGTERM stops reading, finishes the batch, drains what is left and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg_pool import PoolTimeout
+from redis.exceptions import RedisError, ResponseError
+
+from agent import faults
+from agent.logs import brief, setup_logging
+from agent.resources import lua
+from agent.settings import AgentSettings, SettingsError, load_settings
+from agent.store import pg_tier
+from agent.store.keys import GROUP, Keys
+from agent.store.records import ConversationEvent, InvalidMessage, Message
+from agent.store.redis_tier import make_client
+from agent.store.spool import Spool
+
+log = logging.getLogger("agent.flusher")
+TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, RedisError, OSError)
+DEAD_LETTER_MAXLEN = 100_000
+DRAIN_TIMEOUT_S = 20.0
+
+
+@dataclass
+class FlusherStats:
+    """Counters and gauges; published for `appliance status` and the metrics exporter."""
+
+    persisted: int = 0
+    events: int = 0
+    batches: int = 0
+    dead_lettered: int = 0
+    spool_imported: int = 0
+    errors: int = 0
+    backlog: int = 0
+    lag_ms: float = 0.0  # age of the oldest entry not yet flushed
+    spool_files: int = 0
+    # ack -> commit delay of recent messages, for percentiles
+    recent_lags_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def percentile(self, q: float) -> float:
+        if not self.recent_lags_ms:
+            return 0.0
+        ordered = sorted(self.recent_lags_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def published(self) -> dict[str, str]:
+        values = {k: v for k, v in asdict(self).items() if k != "recent_lags_ms"}
+        values |= {"flush_lag_p50_ms": self.percentile(0.5), "flush_lag_p99_ms": self.percentile(0.99)}
+        values |= {"pid": os.getpid(), "updated_at": time.time()}
+        return {k: str(v) for k, v in values.items()}
+
+
+@dataclass
+class Entry:
+    """One stream entry, decoded; ``record`` is None for a poison entry, with ``error`` saying why."""
+
+    entry_id: str
+    raw: bytes
+    record: Message | ConversationEvent | None
+    error: str = ""
+
+
+class Flusher:
+    def __init__(self, settings: AgentSettings, consumer: str | None = None) -> None:
+        self.settings = settings.flusher
+        self.store_settings = settings.store
+        # Reads block for block_ms, so the socket must wait longer than that.
+        redis_settings = settings.redis.model_copy(
+            update={"timeout_s": max(settings.redis.timeout_s, settings.flusher.block_ms / 1000 + 2)}
+        )
+        self.redis = make_client(redis_settings)
+        self.pool = pg_tier.make_pool(settings.postgres, min_size=1)
+        self.keys = Keys(settings.store.key_prefix)
+        self.spool = Spool(settings.store.spool_dir)
+        self.consumer = consumer or settings.flusher.consumer or socket.gethostname()
+        self.stats = FlusherStats()
+        self._settle = self.redis.register_script(lua("settle"))
+        self._stopping = asyncio.Event()
+        self._reread_pending = True  # start with our own pending entries
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Flush until asked to stop, then drain and return."""
+        await self.pool.open(wait=False)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._flush_loop(), name="flush")
+                tg.create_task(self._every(self.settings.claim_every_s, self.claim_stale), name="claim")
+                tg.create_task(self._every(self.settings.spool_scan_s, self.import_spool), name="spool")
+                tg.create_task(self._every(self.settings.stats_every_s, self.publish_stats), name="stats")
+        finally:
+            await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        try:
+            await self.publish_stats()
+        except TRANSIENT:
+            pass
+        await self.pool.close()
+        await self.redis.aclose()
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[Any]]) -> None:
+        while not self._stopping.is_set():
+            try:
+                await step()
+            except TRANSIENT as exc:
+                self.stats.errors += 1
+                log.warning("%s: %s", step.__name__, brief(exc))
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def _flush_loop(self) -> None:
+        await self._until_ready(self.ensure_group)
+        while not self._stopping.is_set():
+            await self._step(block=True)
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not await self._step(block=False):
+                log.info("drained; exiting")
+                return
+        log.warning("stopping with entries left in the stream; the next flusher takes them")
+
+    async def _step(self, *, block: bool) -> int:
+        """Read and flush one batch; returns how many entries it handled (0: nothing to do, or a failure)."""
+        try:
+            entries = await self.read_batch(block=block)
+            if entries:
+                await self.flush(entries)
+            return len(entries)
+        except TRANSIENT as exc:
+            self.stats.errors += 1
+            self._reread_pending = True
+            log.warning("flush failed, retrying: %s", brief(exc))
+            await asyncio.sleep(0.5)
+            return 0
+
+    async def _until_ready(self, step: Callable[[], Awaitable[Any]]) -> None:
+        while not self._stopping.is_set():
+            try:
+                await step()
+                return
+            except TRANSIENT as exc:
+                log.warning("waiting for redis: %s", brief(exc))
+                await asyncio.sleep(0.5)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_batch(self, *, block: bool) -> list[Entry]:
+        """Our own pending entries first (after a restart or a failure), then new ones."""
+        if self._reread_pending:
+            found = await self.redis.xreadgroup(
+                GROUP, self.consumer, {self.keys.stream: "0"}, count=self.settings.batch_size
+            )
+            entries = _entries(found)
+            if entries:
+                return entries
+            self._reread_pending = False
+        found = await self.redis.xreadgroup(
+            GROUP,
+            self.consumer,
+            {self.keys.stream: ">"},
+            count=self.settings.batch_size,
+            block=self.settings.block_ms if block else None,
+        )
+        return _entries(found)
+
+    async def flush(self, entries: list[Entry]) -> None:
+        """Commit a batch to PostgreSQL, set poison aside, then acknowledge and delete the entries."""
+        good = [e for e in entries if e.record is not None]
+        poison = await self._store(good, bypass=False)
+        poison += [e for e in entries if e.record is None and e.raw]
+        if poison:
+            await self._dead_letter(poison)
+        faults.point("flusher.after_commit")
+        ids = [e.entry_id for e in entries]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.keys.stream, GROUP, *ids)
+            pipe.xdel(self.keys.stream, *ids)
+            await pipe.execute()
+        poisoned = {e.entry_id for e in poison}
+        stored = [e for e in good if e.entry_id not in poisoned]
+        await self._settle_rooms([e.record for e in stored])
+        now_ms = time.time() * 1000
+        for entry in stored:
+            if isinstance(entry.record, Message):
+                self.stats.recent_lags_ms.append(now_ms - int(entry.entry_id.split("-")[0]))
+        self.stats.batches += 1
+
+    async def _store(self, entries: Sequence[Entry], *, bypass: bool) -> list[Entry]:
+        """Write entries in one transaction; if PostgreSQL rejects the data, find the entries it rejects
+        one by one and return them as poison. Connection failures propagate (the batch is retried)."""
+        if not entries:
+            return []
+        try:
+            await self._write(entries, bypass=bypass)
+            return []
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            if len(entries) == 1:
+                entries[0].error = f"rejected by postgres: {brief(exc)}"
+                return [entries[0]]
+        poison: list[Entry] = []
+        for entry in entries:
+            poison += await self._store([entry], bypass=bypass)
+        return poison
+
+    async def _write(self, entries: Sequence[Entry], *, bypass: bool) -> None:
+        messages = [e.record for e in entries if isinstance(e.record, Message)]
+        events = [e.record for e in entries if isinstance(e.record, ConversationEvent)]
+        async with self.pool.connection() as conn, conn.transaction():
+            await pg_tier.write_batch(conn, messages, events, bypass=bypass)
+            faults.point("flusher.after_write")
+        self.stats.persisted += len(messages)
+        self.stats.events += len(events)
+
+    async def _dead_letter(self, poison: Sequence[Entry]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry in poison:
+                pipe.xadd(
+                    self.keys.dead,
+                    {"entry": entry.entry_id, "reason": entry.error, "v": entry.raw},
+                    maxlen=DEAD_LETTER_MAXLEN,
+                    approximate=True,
+                )
+            await pipe.execute()
+        self.stats.dead_lettered += len(poison)
+        for entry in poison:
+            log.error("entry %s set aside in %s: %s", entry.entry_id, self.keys.dead, entry.error)
+
+    async def _settle_rooms(self, records: Sequence[Message | ConversationEvent | None]) -> None:
+        for record in records:
+            if isinstance(record, ConversationEvent) and record.room is not None:
+                await self._settle(
+                    keys=[self.keys.room(record.room)],
+                    args=[record.conversation_id, record.status, self.store_settings.cache_ttl_s],
+                )
+
+    async def claim_stale(self) -> None:
+        """Take over entries another consumer left pending too long (it died)."""
+        start = "0-0"
+        while True:
+            reply = await self.redis.xautoclaim(
+                self.keys.stream, GROUP, self.consumer, self.settings.claim_idle_ms,
+                start_id=start, count=self.settings.batch_size, justid=True,
+            )
+            if reply[1]:
+                self._reread_pending = True
+                log.info("claimed %d stale entries", len(reply[1]))
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if start == "0-0":
+                return
+
+    async def import_spool(self) -> None:
+        """Import the spool files no writer holds, idempotently, then remove them."""
+        for path in self.spool.files():
+            with self.spool.claim(path) as spooled:
+                if spooled is None:
+                    continue
+                records: list[Message | ConversationEvent] = [*spooled.events, *spooled.messages]
+                entries = [Entry(path.name, r.encode(), r) for r in records]
+                entries += [Entry(path.name, line, None, reason) for line, reason in spooled.bad_lines]
+                poison = await self._store([e for e in entries if e.record is not None], bypass=True)
+                poison += [e for e in entries if e.record is None]
+                if poison:
+                    await self._dead_letter(poison)
+                self.spool.discard(path)
+                self.stats.spool_imported += len(spooled.messages)
+                log.info("imported %d messages from spool file %s", len(spooled.messages), path.name)
+
+    async def publish_stats(self) -> None:
+        self.stats.backlog = await self.redis.xlen(self.keys.stream)
+        oldest = await self.redis.xrange(self.keys.stream, count=1)
+        self.stats.lag_ms = max(0.0, time.time() * 1000 - int(oldest[0][0].split(b"-")[0])) if oldest else 0.0
+        self.stats.spool_files = len(self.spool.files())
+        ttl = max(5, int(self.settings.stats_every_s * 5))  # stale figures vanish with a dead flusher
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.flusher_stats)
+            pipe.hset(self.keys.flusher_stats, mapping=self.stats.published())  # type: ignore[arg-type]
+            pipe.expire(self.keys.flusher_stats, ttl)
+            await pipe.execute()
+
+
+def _entries(reply: Any) -> list[Entry]:
+    out: list[Entry] = []
+    for _stream, items in reply or []:
+        for raw_id, fields in items:
+            entry_id = raw_id.decode()
+            if not fields:  # deleted after delivery: only the acknowledgement is left to do
+                out.append(Entry(entry_id, b"", None, "deleted"))
+                continue
+            raw = fields.get(b"v", b"")
+            try:
+                kind = fields.get(b"k")
+                if kind == b"m":
+                    out.append(Entry(entry_id, raw, Message.decode(raw)))
+                elif kind == b"c":
+                    out.append(Entry(entry_id, raw, ConversationEvent.decode(raw)))
+                else:
+                    out.append(Entry(entry_id, raw or repr(fields).encode(), None, f"unknown entry kind {kind!r}"))
+            except InvalidMessage as exc:
+                out.append(Entry(entry_id, raw, None, str(exc)))
+    return out
+
+
+
+async def _serve(settings: AgentSettings) -> None:
+    flusher = Flusher(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, flusher.request_stop)
+    log.info("flusher %s started", flusher.consumer)
+    await flusher.run()
+
+
+def main() -> None:
+    setup_logging()
+    faults.arm_from_env(os.environ)
+    try:
+        settings = load_settings(AgentSettings)
+    except SettingsError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    asyncio.run(_serve(settings))
+
+
+if __name__ == "__main__":
+    main()

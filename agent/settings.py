@@ -1,0 +1,243 @@
+"""Settings of the data plane: the sections the worker and the flusher run on, and their loader.
+
+Source order, highest first: environment (``APPLIANCE_<SECTION>__<KEY>``), the secrets file, the TOML file,
+defaults. Secrets (every ``SecretStr`` field) may come only from the secrets file (mode 0600) or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Self, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
+SECRETS_NAME = "secrets.toml"
+# The control plane keeps its own settings under this table; the data plane leaves it alone.
+CONTROL_SECTION = "control"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSettings(Section):
+    """Where the Redis tier lives. A unix socket, when set, wins over host and port."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(6479, ge=1, le=65535)
+    unix_socket: Path | None = None
+    db: int = Field(0, ge=0)
+    password: SecretStr | None = None
+    # One round trip is ~0.1 ms; a Redis that takes this long is treated as down (see store.breaker_interval_s).
+    timeout_s: float = Field(0.5, gt=0, le=30)
+    appendfsync: str = Field("everysec", pattern="^(everysec|always)$")
+
+
+class PostgresSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5532, ge=1, le=65535)
+    dbname: str = "appliance"
+    user: str = "appliance"
+    password: SecretStr | None = None
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    pool_min: int = Field(1, ge=0)
+    pool_max: int = Field(4, ge=1)
+
+    def conninfo(self) -> str:
+        """libpq connection string without the password (it is passed separately, never logged)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=self.dbname,
+            user=self.user,
+            connect_timeout=max(1, round(self.connect_timeout_s)),
+            application_name="appliance",
+        )
+
+
+class StoreSettings(Section):
+    key_prefix: str = Field("appl:", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    window_size: int = Field(20, ge=1, le=1000)
+    cache_size: int = Field(100, ge=1, le=10_000)
+    cache_ttl_s: int = Field(86_400, ge=1)
+    max_content_bytes: int = Field(65_536, ge=1)
+    max_metadata_bytes: int = Field(16_384, ge=2)
+    spool_dir: Path = Path("/var/lib/appliance/spool")
+    # After a Redis failure the store bypasses Redis this long before trying it again: a dead Redis then costs
+    # one timeout per interval, not one per message.
+    breaker_interval_s: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _window_fits_cache(self) -> Self:
+        if self.window_size > self.cache_size:
+            raise ValueError("window_size must not exceed cache_size")
+        return self
+
+
+class FlusherSettings(Section):
+    batch_size: int = Field(500, ge=1, le=10_000)
+    # How long a read waits for new entries; also bounds how late a SIGTERM is noticed.
+    block_ms: int = Field(100, ge=1, le=10_000)
+    # Entries pending longer than this belong to a dead consumer and are claimed again.
+    claim_idle_ms: int = Field(30_000, ge=100)
+    claim_every_s: float = Field(10.0, gt=0)
+    spool_scan_s: float = Field(3.0, gt=0)
+    stats_every_s: float = Field(1.0, gt=0)
+    consumer: str = Field("", description="consumer name; empty = hostname-pid")
+
+
+class WorkerSettings(Section):
+    agent_name: str = ""
+    max_rooms: int = Field(50, ge=1)
+
+
+class LiveKitSettings(Section):
+    url: str = "ws://127.0.0.1:7880"
+    api_key: str = ""
+    api_secret: SecretStr | None = None
+
+
+class AgentSettings(BaseSettings):
+    """Everything the data plane runs on."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    redis: RedisSettings = RedisSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    store: StoreSettings = StoreSettings()
+    flusher: FlusherSettings = FlusherSettings()
+    worker: WorkerSettings = WorkerSettings()
+    livekit: LiveKitSettings = LiveKitSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The loader passes TOML and secrets as init values; the environment overrides both.
+        return (env_settings, init_settings)
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; ``errors`` holds one line per problem, each naming the field."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+S = TypeVar("S", bound=AgentSettings)
+
+
+def config_path(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("APPLIANCE_CONFIG", str(DEFAULT_CONFIG)))
+
+
+def secrets_path(environ: Mapping[str, str]) -> Path:
+    default = config_path(environ).parent / SECRETS_NAME
+    return Path(environ.get("APPLIANCE_SECRETS", str(default)))
+
+
+def load_settings(model: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Load ``model`` from the TOML file, the secrets file and the environment, or raise SettingsError."""
+    environ = os.environ if environ is None else environ
+    cfg_file, sec_file = config_path(environ), secrets_path(environ)
+    values = _read_toml(cfg_file, required="APPLIANCE_CONFIG" in environ)
+    if model is AgentSettings:
+        values.pop(CONTROL_SECTION, None)
+    secret_fields = set(_secret_paths(model))
+    errors = [
+        f"{path}: secrets are not allowed in {cfg_file.name}; put it in {sec_file} (mode 0600)"
+        f" or APPLIANCE_{path.upper().replace('.', '__')}"
+        for path in _leaf_paths(values)
+        if path in secret_fields
+    ]
+    secrets = _read_secrets(sec_file, required="APPLIANCE_SECRETS" in environ)
+    errors += [
+        f"{path}: {sec_file.name} holds only secrets; put this setting in {cfg_file.name}"
+        for path in _leaf_paths(secrets)
+        if path not in secret_fields
+    ]
+    if errors:
+        raise SettingsError(errors)
+    try:
+        return model(**_merge(values, secrets))
+    except ValidationError as exc:
+        raise SettingsError([_describe(err) for err in exc.errors()]) from None
+
+
+def _describe(err: Any) -> str:
+    field = ".".join(str(part) for part in err["loc"]) or "settings"
+    reason = err["msg"]
+    if err["type"] == "extra_forbidden":
+        reason = "unknown setting (check the spelling)"
+    return f"{field}: {reason}"
+
+
+def _read_toml(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            raise SettingsError([f"{path}: config file not found"]) from None
+        return {}
+    except PermissionError:
+        raise SettingsError([f"{path}: permission denied"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _read_secrets(path: Path, *, required: bool) -> dict[str, Any]:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if required:
+            raise SettingsError([f"{path}: secrets file not found"]) from None
+        return {}
+    except PermissionError:
+        raise SettingsError([f"{path}: permission denied"]) from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError([f"{path}: secrets file must be mode 0600 (it is {stat.S_IMODE(mode):04o})"])
+    return _read_toml(path, required=True)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _leaf_paths(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            yield from _leaf_paths(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _secret_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _secret_paths(annotation, f"{prefix}{name}.")
+        elif annotation is SecretStr or SecretStr in get_args(annotation):
+            yield f"{prefix}{name}"

@@ -1,0 +1,1 @@
+SELECT status, bypass_id::text FROM conversations WHERE id = %(id)s

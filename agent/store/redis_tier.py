@@ -1,0 +1,105 @@
+"""The Redis tier: per conversation a capped list headed by a coverage marker, and one write-ahead stream."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from agent.resources import lua
+from agent.settings import RedisSettings, StoreSettings
+from agent.store.keys import Keys, digest
+from agent.store.records import ConversationEvent, InvalidMessage, Message
+
+COMPLETE = b"H:complete"
+
+
+def make_client(settings: RedisSettings) -> aioredis.Redis:
+    """A client that fails fast: one retry on a refused or reset connection (a restarted Redis), none on timeout."""
+    common = {
+        "db": settings.db,
+        "password": settings.password.get_secret_value() if settings.password else None,
+        "socket_timeout": settings.timeout_s,
+        "socket_connect_timeout": settings.timeout_s,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "health_check_interval": 0,
+    }
+    if settings.unix_socket is not None:
+        return aioredis.Redis(unix_socket_path=str(settings.unix_socket), **common)
+    return aioredis.Redis(host=settings.host, port=settings.port, **common)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedList:
+    complete: bool  # the list holds the conversation's last min(cap, total) messages, as far as Redis knows
+    messages: list[Message]
+
+
+class RedisTier:
+    def __init__(self, client: aioredis.Redis, settings: StoreSettings) -> None:
+        self.client = client
+        self.keys = Keys(settings.key_prefix)
+        self._cap = settings.cache_size
+        self._ttl = settings.cache_ttl_s
+        self._append = client.register_script(lua("append"))
+        self._reseed = client.register_script(lua("reseed"))
+        self._lifecycle = client.register_script(lua("lifecycle"))
+
+    async def append(self, message: Message, *, mark_partial: bool) -> None:
+        """Returns once Redis has the message in the list and the stream: the acknowledgement."""
+        await self._append(
+            keys=[self.keys.conversation(message.conversation_id), self.keys.stream],
+            args=[message.encode(), self._cap, self._ttl, "1" if mark_partial else "0",
+                  digest(message.conversation_id)],
+        )
+
+    async def record(self, event: ConversationEvent, *, new: bool, to_stream: bool) -> None:
+        """Set the room's mapping (and a fresh complete list for a new conversation); with ``to_stream``, also
+        log the event for the flusher because PostgreSQL could not take it."""
+        await self._lifecycle(
+            keys=[self.keys.room(event.room or ""), self.keys.conversation(event.conversation_id),
+                  self.keys.stream],
+            args=[event.conversation_id, event.status, event.encode(), self._ttl, "1" if new else "0",
+                  "1" if to_stream else "0", "1" if event.room is not None else "0"],
+        )
+
+    async def room_mapping(self, room: str) -> tuple[str, str] | None:
+        found = await self.client.hmget(self.keys.room(room), ["id", "status"])
+        if found[0] is None or found[1] is None:
+            return None
+        return found[0].decode(), found[1].decode()
+
+    async def cached(self, conversation_id: str) -> CachedList:
+        raw = await self.client.lrange(self.keys.conversation(conversation_id), 0, -1)
+        if not raw:
+            return CachedList(complete=False, messages=[])
+        return CachedList(complete=raw[0] == COMPLETE, messages=[Message.decode(item) for item in raw[1:]])
+
+    async def reseed(self, messages: Sequence[Message]) -> None:
+        """Make the list whole again after resume merged the tiers."""
+        if not messages:
+            return
+        args: list[bytes | str | int] = [self._cap, self._ttl]
+        for message in messages[-self._cap :]:
+            args += [message.id, message.encode()]
+        await self._reseed(keys=[self.keys.conversation(messages[0].conversation_id)], args=args)
+
+    async def pending(self, conversation_id: str, chunk: int = 1000) -> list[Message]:
+        """The conversation's entries still in the stream (not yet flushed). Costs a scan of the backlog."""
+        wanted = digest(conversation_id).encode()
+        found: list[Message] = []
+        start = "-"
+        while True:
+            entries = await self.client.xrange(self.keys.stream, min=start, max="+", count=chunk)
+            for _entry_id, fields in entries:
+                if fields.get(b"k") == b"m" and fields.get(b"h") == wanted:
+                    with suppress(InvalidMessage):  # a poison entry: the flusher sets it aside
+                        found.append(Message.decode(fields[b"v"]))
+            if len(entries) < chunk:
+                return found
+            start = "(" + entries[-1][0].decode()
