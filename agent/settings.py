@@ -152,9 +152,12 @@ def secrets_path(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("APPLIANCE_SECRETS", str(default)))
 
 
-def load_settings(model: type[S], environ: Mapping[str, str] | None = None) -> S:
-    """Load ``model`` from the TOML file, the secrets file and the environment, or raise SettingsError."""
-    environ = os.environ if environ is None else environ
+def load_settings(model: type[S]) -> S:
+    """Load ``model`` from the TOML file, the secrets file and the environment, or raise SettingsError.
+
+    The paths come from APPLIANCE_CONFIG and APPLIANCE_SECRETS (default: secrets.toml beside the config).
+    """
+    environ = os.environ
     cfg_file, sec_file = config_path(environ), secrets_path(environ)
     values = _read_toml(cfg_file, required="APPLIANCE_CONFIG" in environ)
     if model is AgentSettings:
