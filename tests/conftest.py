@@ -1,0 +1,66 @@
+"""Fixtures: private Redis and PostgreSQL for the session, a fresh database and key prefix for each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.settings import AgentSettings, FlusherSettings, StoreSettings
+from agent.store.migrate import migrate
+from agent.store.store import ConversationStore
+from tests.harness.servers import PostgresServer, RedisServer
+
+TEMPLATE_DB = "appliance_template"
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    server.create_database(TEMPLATE_DB)
+    with server.connect(TEMPLATE_DB) as conn:
+        migrate(conn)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def fresh_database(pg: PostgresServer) -> str:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    pg.create_database(name, template=TEMPLATE_DB)
+    return name
+
+
+def make_settings(
+    redis_server: RedisServer, pg: PostgresServer, dbname: str, workdir: Path, **store: object
+) -> AgentSettings:
+    """Settings for one test: its own database, key prefix, spool directory and flusher consumer."""
+    tag = uuid.uuid4().hex[:10]
+    return AgentSettings(
+        redis=redis_server.settings(),
+        postgres=pg.settings(dbname),
+        store=StoreSettings(key_prefix=f"t{tag}:", spool_dir=workdir / "spool", **store),  # type: ignore[arg-type]
+        # Short intervals so recovery shows within a test's patience.
+        flusher=FlusherSettings(  # type: ignore[call-arg]
+            consumer=f"flusher-{tag}", claim_idle_ms=1000, claim_every_s=1, spool_scan_s=0.5, stats_every_s=0.5
+        ),
+    )
+
+
+@pytest.fixture
+def settings(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> AgentSettings:
+    return make_settings(redis_server, pg, fresh_database(pg), tmp_path)
+
+
+@pytest.fixture
+async def store(settings: AgentSettings) -> AsyncIterator[ConversationStore]:
+    async with ConversationStore(settings) as s:
+        yield s

@@ -1,0 +1,83 @@
+"""Our own entry points run as real processes, configured through the environment as in production."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+from pydantic import BaseModel, SecretStr
+
+from agent.settings import AgentSettings
+from tests.harness.servers import wait_until
+
+
+def settings_env(settings: AgentSettings, config_dir: Path) -> dict[str, str]:
+    """An environment that makes a child process load exactly ``settings`` (APPLIANCE_<SECTION>__<KEY>)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    empty = config_dir / "appliance.toml"
+    empty.write_text("# settings come from the environment in tests\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env["APPLIANCE_CONFIG"] = str(empty)
+    for section, model in settings:
+        assert isinstance(model, BaseModel)
+        for key, value in model:
+            text = _env_value(value)
+            if text is not None:
+                env[f"APPLIANCE_{section.upper()}__{key.upper()}"] = text
+    return env
+
+
+def _env_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+class FlusherProcess:
+    """``python -m agent.flusher`` as a child process."""
+
+    def __init__(self, settings: AgentSettings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.env = settings_env(settings, workdir / "config") | (extra_env or {})
+        self.log = workdir / "flusher.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> FlusherProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.flusher"], env=self.env, stdout=out, stderr=out,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        wait_until(lambda: not psutil.pid_exists(self.pid), 5, "flusher process gone")
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
