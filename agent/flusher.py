@@ -267,8 +267,8 @@ class Flusher:
         while True:
             reply = await self.redis.xautoclaim(
                 self.keys.stream, GROUP, self.consumer, self.settings.claim_idle_ms,
-                start_id=start, count=self.settings.batch_size, justid=True,
-            )
+                start_id=start, count=self.settings.batch_size,
+            )  # not justid: redis-py then drops the cursor
             if reply[1]:
                 self._reread_pending = True
                 log.info("claimed %d stale entries", len(reply[1]))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+import redis
+
 
 from agent.settings import AgentSettings
+from agent.store.keys import Keys
 
 
 def connect(settings: AgentSettings) -> psycopg.Connection[tuple[object, ...]]:
@@ -31,3 +34,8 @@ def conversation_status(settings: AgentSettings, conversation_id: str) -> str | 
     with connect(settings) as conn:
         row = conn.execute("SELECT status FROM conversations WHERE id = %s", (conversation_id,)).fetchone()
     return str(row[0]) if row else None
+
+
+def backlog(redis_client: redis.Redis, settings: AgentSettings) -> int:
+    """Entries in the write-ahead stream not yet flushed (flushed ones are deleted)."""
+    return int(redis_client.xlen(Keys(settings.store.key_prefix).stream))

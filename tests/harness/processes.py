@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 from pydantic import BaseModel, SecretStr
 
 from agent.settings import AgentSettings
+from agent.store.keys import Keys
 from tests.harness.servers import wait_until
 
 
@@ -44,17 +46,30 @@ class FlusherProcess:
     """``python -m agent.flusher`` as a child process."""
 
     def __init__(self, settings: AgentSettings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
         self.env = settings_env(settings, workdir / "config") | (extra_env or {})
         self.log = workdir / "flusher.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> FlusherProcess:
+    def start(self, *, ready: bool = True) -> FlusherProcess:
+        """Start it and, with ``ready``, wait until it has published its first stats (signals handled)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "agent.flusher"], env=self.env, stdout=out, stderr=out,
                 stdin=subprocess.DEVNULL,
             )
+        if ready:
+            wait_until(self._published, 20, f"flusher {self.pid} ready")
         return self
+
+    def _published(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"flusher exited with {self.proc.returncode}: {self.output()[-2000:]}")
+        r = self.settings.redis
+        client = redis.Redis(unix_socket_path=str(r.unix_socket), password=r.password.get_secret_value()
+                             if r.password else None)
+        return client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid") == str(self.pid).encode()
 
     @property
     def pid(self) -> int:

@@ -30,6 +30,8 @@ def wait_until(predicate: Callable[[], object], timeout: float, description: str
             if predicate():
                 return
             last = None
+        except AssertionError:
+            raise
         except Exception as exc:  # a server still starting refuses connections: keep polling
             last = exc
         time.sleep(interval)
