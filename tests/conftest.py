@@ -64,3 +64,22 @@ def settings(pg: PostgresServer, redis_server: RedisServer, tmp_path: Path) -> A
 async def store(settings: AgentSettings) -> AsyncIterator[ConversationStore]:
     async with ConversationStore(settings) as s:
         yield s
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PostgresServer]:
+    """A PostgreSQL of this test's own, to stop and start."""
+    server = PostgresServer().start()
+    server.create_database("appliance")
+    with server.connect("appliance") as conn:
+        migrate(conn)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, to kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.close()

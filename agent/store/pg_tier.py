@@ -28,6 +28,9 @@ def make_pool(settings: PostgresSettings, *, min_size: int | None = None) -> Asy
         max_size=settings.pool_max,
         timeout=settings.connect_timeout_s,
         open=False,
+        # A connection from before a PostgreSQL restart is dead: test each one before handing it out (one
+        # round trip), so a restart costs nothing but the reconnect.
+        check=AsyncConnectionPool.check_connection,
         name="appliance",
     )
 
