@@ -11,10 +11,11 @@ import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Self, TypeVar, get_args
+from typing import Any, Literal, Self, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRETS_NAME = "secrets.toml"
@@ -36,7 +37,8 @@ class RedisSettings(Section):
     password: SecretStr | None = None
     # One round trip is ~0.1 ms; a Redis that takes this long is treated as down (see store.breaker_interval_s).
     timeout_s: float = Field(0.5, gt=0, le=30)
-    appendfsync: str = Field("everysec", pattern="^(everysec|always)$")
+    # everysec: a killed Redis loses nothing, a crashed machine up to ~1 s (see README); always: nothing, slower.
+    appendfsync: Literal["everysec", "always"] = "everysec"
 
 
 class PostgresSettings(Section):
@@ -48,6 +50,12 @@ class PostgresSettings(Section):
     connect_timeout_s: float = Field(2.0, gt=0, le=60)
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> Self:
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
+        return self
 
     def conninfo(self) -> str:
         """libpq connection string without the password (it is passed separately, never logged)."""
@@ -101,7 +109,7 @@ class WorkerSettings(Section):
 
 class LiveKitSettings(Section):
     url: str = "ws://127.0.0.1:7880"
-    api_key: str = ""
+    api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
 
 
@@ -160,9 +168,9 @@ def load_settings(model: type[S]) -> S:
     environ = os.environ
     cfg_file, sec_file = config_path(environ), secrets_path(environ)
     values = _read_toml(cfg_file, required="APPLIANCE_CONFIG" in environ)
-    if model is AgentSettings:
+    if CONTROL_SECTION not in model.model_fields:
         values.pop(CONTROL_SECTION, None)
-    secret_fields = set(_secret_paths(model))
+    secret_fields = secret_paths(model)
     errors = [
         f"{path}: secrets are not allowed in {cfg_file.name}; put it in {sec_file} (mode 0600)"
         f" or APPLIANCE_{path.upper().replace('.', '__')}"
@@ -170,8 +178,11 @@ def load_settings(model: type[S]) -> S:
         if path in secret_fields
     ]
     secrets = _read_secrets(sec_file, required="APPLIANCE_SECRETS" in environ)
+    known = {path for path, _ in _fields(model)}
     errors += [
         f"{path}: {sec_file.name} holds only secrets; put this setting in {cfg_file.name}"
+        if path in known
+        else f"{path}: unknown setting (check the spelling)"
         for path in _leaf_paths(secrets)
         if path not in secret_fields
     ]
@@ -181,6 +192,8 @@ def load_settings(model: type[S]) -> S:
         return model(**_merge(values, secrets))
     except ValidationError as exc:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
+    except PydanticSettingsError as exc:  # an environment value that is not even parseable
+        raise SettingsError([f"environment: {exc}"]) from None
 
 
 def _describe(err: Any) -> str:
@@ -237,10 +250,15 @@ def _leaf_paths(values: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
             yield f"{prefix}{key}"
 
 
-def _secret_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
+def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, annotation) of every leaf setting."""
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from _secret_paths(annotation, f"{prefix}{name}.")
-        elif annotation is SecretStr or SecretStr in get_args(annotation):
-            yield f"{prefix}{name}"
+            yield from _fields(annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", annotation
+
+
+def secret_paths(model: type[BaseModel]) -> set[str]:
+    return {path for path, ann in _fields(model) if ann is SecretStr or SecretStr in get_args(ann)}

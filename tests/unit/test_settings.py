@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from agent.settings import AgentSettings, SettingsError, load_settings
+from agent.settings import AgentSettings, PostgresSettings, SettingsError, load_settings
 from appliance.settings import ApplianceSettings, ControlSettings, load
 
 DEFAULT_TOML = Path(__file__).parents[2] / "config" / "appliance.toml"
@@ -185,3 +185,27 @@ def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, obj
         else:
             secret = field.annotation is SecretStr or SecretStr in get_args(field.annotation)
             yield f"{prefix}{name}", field.default, secret
+
+
+def test_unparseable_section_from_the_environment_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("APPLIANCE_REDIS", "notjson")
+    with pytest.raises(SettingsError) as info:
+        load_settings(AgentSettings)
+    assert info.value.errors[0].startswith("environment:")
+
+
+def test_pool_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="pool_min must not exceed pool_max"):
+        PostgresSettings(pool_min=5, pool_max=2)
+
+
+def test_typo_in_the_secrets_file_is_an_unknown_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text('[postgress]\npassword = "x"\n')
+    secrets.chmod(0o600)
+    monkeypatch.setenv("APPLIANCE_SECRETS", str(secrets))
+    with pytest.raises(SettingsError) as info:
+        load_settings(AgentSettings)
+    assert info.value.errors == ["postgress.password: unknown setting (check the spelling)"]
