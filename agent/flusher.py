@@ -266,8 +266,12 @@ class Flusher:
         start = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
-                self.keys.stream, GROUP, self.consumer, self.settings.claim_idle_ms,
-                start_id=start, count=self.settings.batch_size,
+                self.keys.stream,
+                GROUP,
+                self.consumer,
+                self.settings.claim_idle_ms,
+                start_id=start,
+                count=self.settings.batch_size,
             )  # not justid: redis-py then drops the cursor
             if reply[1]:
                 self._reread_pending = True
@@ -295,7 +299,7 @@ class Flusher:
 
     async def publish_stats(self) -> None:
         self.stats.backlog = await self.redis.xlen(self.keys.stream)
-        oldest = await self.redis.xrange(self.keys.stream, count=1)
+        oldest: Any = await self.redis.xrange(self.keys.stream, count=1)
         self.stats.lag_ms = max(0.0, time.time() * 1000 - int(oldest[0][0].split(b"-")[0])) if oldest else 0.0
         self.stats.spool_files = len(self.spool.files())
         ttl = max(5, int(self.settings.stats_every_s * 5))  # stale figures vanish with a dead flusher
@@ -326,7 +330,6 @@ def _entries(reply: Any) -> list[Entry]:
             except InvalidMessage as exc:
                 out.append(Entry(entry_id, raw, None, str(exc)))
     return out
-
 
 
 async def _serve(settings: AgentSettings) -> None:

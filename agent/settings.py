@@ -116,9 +116,7 @@ class LiveKitSettings(Section):
 class AgentSettings(BaseSettings):
     """Everything the data plane runs on."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="APPLIANCE_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     redis: RedisSettings = RedisSettings()
     postgres: PostgresSettings = PostgresSettings()

@@ -47,10 +47,14 @@ def make_settings(
     return AgentSettings(
         redis=redis_server.settings(),
         postgres=pg.settings(dbname),
-        store=StoreSettings(key_prefix=f"t{tag}:", spool_dir=workdir / "spool", **store),  # type: ignore[arg-type]
+        store=StoreSettings(key_prefix=f"t{tag}:", spool_dir=workdir / "spool", **store),
         # Short intervals so recovery shows within a test's patience.
-        flusher=FlusherSettings(  # type: ignore[call-arg]
-            consumer=f"flusher-{tag}", claim_idle_ms=1000, claim_every_s=1, spool_scan_s=0.5, stats_every_s=0.5
+        flusher=FlusherSettings(
+            consumer=f"flusher-{tag}",
+            claim_idle_ms=1000,
+            claim_every_s=1,
+            spool_scan_s=0.5,
+            stats_every_s=0.5,
         ),
     )
 

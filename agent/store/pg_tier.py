@@ -45,7 +45,12 @@ async def write_batch(
     for event in events:
         await conn.execute(
             sql("write_event"),
-            {"id": event.conversation_id, "room": event.room, "status": event.status, "at": timestamp(event.at)},
+            {
+                "id": event.conversation_id,
+                "room": event.room,
+                "status": event.status,
+                "at": timestamp(event.at),
+            },
         )
     if not messages:
         return

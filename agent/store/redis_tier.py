@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -21,7 +22,7 @@ COMPLETE = b"H:complete"
 
 def make_client(settings: RedisSettings) -> aioredis.Redis:
     """A client that fails fast: one retry on a refused or reset connection (a restarted Redis), none on timeout."""
-    common = {
+    common: dict[str, Any] = {
         "db": settings.db,
         "password": settings.password.get_secret_value() if settings.password else None,
         "socket_timeout": settings.timeout_s,
@@ -54,22 +55,37 @@ class RedisTier:
         """Returns once Redis has the message in the list and the stream: the acknowledgement."""
         await self._append(
             keys=[self.keys.conversation(message.conversation_id), self.keys.stream],
-            args=[message.encode(), self._cap, self._ttl, "1" if mark_partial else "0",
-                  digest(message.conversation_id)],
+            args=[
+                message.encode(),
+                self._cap,
+                self._ttl,
+                "1" if mark_partial else "0",
+                digest(message.conversation_id),
+            ],
         )
 
     async def record(self, event: ConversationEvent, *, new: bool, to_stream: bool) -> None:
         """Set the room's mapping (and a fresh complete list for a new conversation); with ``to_stream``, also
         log the event for the flusher because PostgreSQL could not take it."""
         await self._lifecycle(
-            keys=[self.keys.room(event.room or ""), self.keys.conversation(event.conversation_id),
-                  self.keys.stream],
-            args=[event.conversation_id, event.status, event.encode(), self._ttl, "1" if new else "0",
-                  "1" if to_stream else "0", "1" if event.room is not None else "0"],
+            keys=[
+                self.keys.room(event.room or ""),
+                self.keys.conversation(event.conversation_id),
+                self.keys.stream,
+            ],
+            args=[
+                event.conversation_id,
+                event.status,
+                event.encode(),
+                self._ttl,
+                "1" if new else "0",
+                "1" if to_stream else "0",
+                "1" if event.room is not None else "0",
+            ],
         )
 
     async def room_mapping(self, room: str) -> tuple[str, str] | None:
-        found = await self.client.hmget(self.keys.room(room), ["id", "status"])
+        found: list[Any] = await self.client.hmget(self.keys.room(room), ["id", "status"])
         if found[0] is None or found[1] is None:
             return None
         return found[0].decode(), found[1].decode()
@@ -95,7 +111,7 @@ class RedisTier:
         found: list[Message] = []
         start = "-"
         while True:
-            entries = await self.client.xrange(self.keys.stream, min=start, max="+", count=chunk)
+            entries: Any = await self.client.xrange(self.keys.stream, min=start, max="+", count=chunk)
             for _entry_id, fields in entries:
                 if fields.get(b"k") == b"m" and fields.get(b"h") == wanted:
                     with suppress(InvalidMessage):  # a poison entry: the flusher sets it aside

@@ -247,4 +247,3 @@ def _covers(listed: list[Message], bypass_id: str | None, n: int) -> bool:
     if bypass_id is None or any(m.id == bypass_id for m in listed):
         return True
     return len(listed) >= n and bypass_id < listed[-n].id
-

@@ -67,9 +67,7 @@ class _Group(click.Group):
             if lines is None:
                 if not verbose:
                     name = type(exc).__name__
-                    click.echo(
-                        f"error: unexpected {name}: this is a bug; rerun with -v for the traceback", err=True
-                    )
+                    click.echo(f"error: unexpected {name}: this is a bug; rerun with -v for the traceback", err=True)
                 ctx.exit(EXIT_BUG)
             for line in lines:
                 click.echo(f"error: {line}", err=True)

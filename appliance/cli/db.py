@@ -53,9 +53,7 @@ def connect(pg: PostgresSettings) -> psycopg.Connection[tuple[object, ...]]:
             fix = "check postgres.user and the postgres.password secret"
         else:
             fix = "is PostgreSQL running? check postgres.host and postgres.port"
-        raise ApplianceError(
-            f"cannot connect to PostgreSQL at {pg.host}:{pg.port} ({reason}): {fix}"
-        ) from None
+        raise ApplianceError(f"cannot connect to PostgreSQL at {pg.host}:{pg.port} ({reason}): {fix}") from None
 
 
 def _reason(exc: Exception, password: str | None) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import psycopg
 import redis
 
-
 from agent.settings import AgentSettings
 from agent.store.keys import Keys
 
@@ -13,8 +12,12 @@ from agent.store.keys import Keys
 def connect(settings: AgentSettings) -> psycopg.Connection[tuple[object, ...]]:
     pg = settings.postgres
     return psycopg.connect(
-        host=pg.host, port=pg.port, dbname=pg.dbname, user=pg.user,
-        password=pg.password.get_secret_value() if pg.password else None, autocommit=True,
+        host=pg.host,
+        port=pg.port,
+        dbname=pg.dbname,
+        user=pg.user,
+        password=pg.password.get_secret_value() if pg.password else None,
+        autocommit=True,
     )
 
 

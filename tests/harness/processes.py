@@ -55,7 +55,10 @@ class FlusherProcess:
         """Start it and, with ``ready``, wait until it has published its first stats (signals handled)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.flusher"], env=self.env, stdout=out, stderr=out,
+                [sys.executable, "-m", "agent.flusher"],
+                env=self.env,
+                stdout=out,
+                stderr=out,
                 stdin=subprocess.DEVNULL,
             )
         if ready:
@@ -67,8 +70,10 @@ class FlusherProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"flusher exited with {self.proc.returncode}: {self.output()[-2000:]}")
         r = self.settings.redis
-        client = redis.Redis(unix_socket_path=str(r.unix_socket), password=r.password.get_secret_value()
-                             if r.password else None)
+        client = redis.Redis(
+            unix_socket_path=str(r.unix_socket),
+            password=r.password.get_secret_value() if r.password else None,
+        )
         return client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid") == str(self.pid).encode()
 
     @property

@@ -68,7 +68,7 @@ class RedisServer:
         return self.dir / "redis.sock"
 
     def settings(self) -> RedisSettings:
-        return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5)  # type: ignore[arg-type]
+        return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5)
 
     def client(self) -> redis.Redis:
         return redis.Redis(unix_socket_path=str(self.socket_path), password=self.password)
@@ -76,11 +76,32 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             shutil.which("redis-server") or "/usr/bin/redis-server",
-            "--port", str(self.port), "--bind", "127.0.0.1", "--protected-mode", "yes",
-            "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
-            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", self.appendfsync,
-            "--save", "", "--requirepass", self.password, "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", str(self.dir / "redis.log"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--protected-mode",
+            "yes",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--requirepass",
+            self.password,
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.dir / "redis.log"),
         ]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "volatile-lru"]
@@ -130,20 +151,35 @@ class PostgresServer:
         self.bindir = pg_bindir()
 
     def settings(self, dbname: str = "postgres") -> PostgresSettings:
-        return PostgresSettings(  # type: ignore[call-arg]
-            host="127.0.0.1", port=self.port, dbname=dbname, user="appliance", password=self.password,
+        return PostgresSettings(
+            host="127.0.0.1",
+            port=self.port,
+            dbname=dbname,
+            user="appliance",
+            password=self.password,
             connect_timeout_s=2,
         )
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(
-            host="127.0.0.1", port=self.port, dbname=dbname, user="appliance", password=self.password,
-            autocommit=True, connect_timeout=5,
+            host="127.0.0.1",
+            port=self.port,
+            dbname=dbname,
+            user="appliance",
+            password=self.password,
+            autocommit=True,
+            connect_timeout=5,
         )
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bindir / args[0]), *args[1:]], check=True, user=self.user,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, cwd=self.dir)
+        subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            check=True,
+            user=self.user,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd=self.dir,
+        )
 
     def start(self) -> PostgresServer:
         if not self.data.exists():
@@ -151,18 +187,33 @@ class PostgresServer:
             pwfile.write_text(self.password)
             if self.user:
                 shutil.chown(pwfile, self.user)
-            self._run("initdb", "-D", str(self.data), "-U", "appliance", "--auth=scram-sha-256",
-                      f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8")
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                "appliance",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
             pwfile.unlink()
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on"
-                   " -c max_connections=200 -c shared_buffers=128MB")
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on"
+            " -c max_connections=200 -c shared_buffers=128MB"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "pg.log"), "-w", "start")
         wait_until(self.ready, 30, f"postgres on 127.0.0.1:{self.port}")
         return self
 
     def ready(self) -> bool:
-        result = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                                stdout=subprocess.DEVNULL, check=False)
+        result = subprocess.run(
+            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )
         return result.returncode == 0
 
     def postmaster_pid(self) -> int | None:
@@ -173,9 +224,14 @@ class PostgresServer:
 
     def stop(self) -> None:
         if self.postmaster_pid() is not None:
-            subprocess.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
-                           user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False,
-                           cwd=self.dir)
+            subprocess.run(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                user=self.user,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                cwd=self.dir,
+            )
 
     def create_database(self, name: str, template: str | None = None) -> None:
         with self.connect() as conn:

@@ -14,7 +14,16 @@ from tests.harness.inspect import backlog, stored_ids
 from tests.harness.processes import FlusherProcess
 from tests.harness.servers import RedisServer, wait_until
 
-HOSTILE_IDS = ["*", "a:b:*", "{slot}", "../../../etc/passwd", "conv\\x00", "x" * 255, "🎉 ünïcode ☃", "' OR 1=1 --"]
+HOSTILE_IDS = [
+    "*",
+    "a:b:*",
+    "{slot}",
+    "../../../etc/passwd",
+    "conv\\x00",
+    "x" * 255,
+    "🎉 ünïcode ☃",
+    "' OR 1=1 --",
+]
 
 
 async def test_refused_append_writes_nothing(
@@ -23,16 +32,17 @@ async def test_refused_append_writes_nothing(
     conv = await store.open("strict", conversation_id="strict")
     client = redis_server.client()
     for content in ("nul\x00", "surrogate \udc80", "x" * (settings.store.max_content_bytes + 1)):
-        with pytest.raises(InvalidMessage, match="^content: "):
+        with pytest.raises(InvalidMessage, match=r"^content: "):
             await conv.append("user", "u", content)
-    with pytest.raises(InvalidMessage, match="^role: "):
+    with pytest.raises(InvalidMessage, match=r"^role: "):
         await conv.append("robot", "u", "hi")
-    with pytest.raises(InvalidMessage, match="^metadata: "):
+    with pytest.raises(InvalidMessage, match=r"^metadata: "):
         await conv.append("user", "u", "hi", ["list"])  # type: ignore[arg-type]
     assert backlog(client, settings) == 0
-    assert not client.exists(store.redis.keys.conversation("strict")) or (
-        await store.redis.cached("strict")
-    ).messages == []
+    assert (
+        not client.exists(store.redis.keys.conversation("strict"))
+        or (await store.redis.cached("strict")).messages == []
+    )
     assert list(conv.window) == []
     assert stored_ids(settings, "strict") == []
     assert not (settings.store.spool_dir.exists() and any(settings.store.spool_dir.iterdir()))
@@ -40,9 +50,9 @@ async def test_refused_append_writes_nothing(
 
 @pytest.mark.parametrize("bad", ["", "x" * 256, "line\nbreak", "tab\there"])
 async def test_bad_room_or_conversation_id_is_refused(store: ConversationStore, bad: str) -> None:
-    with pytest.raises(InvalidMessage, match="^room: "):
+    with pytest.raises(InvalidMessage, match=r"^room: "):
         await store.open(bad)
-    with pytest.raises(InvalidMessage, match="^conversation_id: "):
+    with pytest.raises(InvalidMessage, match=r"^conversation_id: "):
         await store.open("fine", conversation_id=bad)
 
 

@@ -18,7 +18,10 @@ from tests.harness.servers import RedisServer, wait_until
 def spawn(settings: AgentSettings, workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.harness.appender", *args],
-        env=settings_env(settings, workdir / "config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=settings_env(settings, workdir / "config"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -33,8 +36,10 @@ async def test_50_processes_append_to_50_conversations(
     settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     flusher = FlusherProcess(settings, tmp_path).start()
-    procs = {f"room-{i}": spawn(settings, tmp_path, "--room", f"room-{i}", "--count", "40", "--identity", f"p{i}")
-             for i in range(50)}
+    procs = {
+        f"room-{i}": spawn(settings, tmp_path, "--room", f"room-{i}", "--count", "40", "--identity", f"p{i}")
+        for i in range(50)
+    }
     sent = {room: collect(proc) for room, proc in procs.items()}
     wait_until(lambda: backlog(redis_server.client(), settings) == 0, 60, "the stream drained")
     assert flusher.terminate() == 0
@@ -54,9 +59,30 @@ async def test_two_processes_append_to_one_conversation(
     settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     flusher = FlusherProcess(settings, tmp_path).start()
-    a = spawn(settings, tmp_path, "--room", "left", "--conversation-id", "shared", "--count", "300", "--identity", "a")
-    b = spawn(settings, tmp_path, "--room", "right", "--conversation-id", "shared", "--count", "300", "--identity",
-              "b")
+    a = spawn(
+        settings,
+        tmp_path,
+        "--room",
+        "left",
+        "--conversation-id",
+        "shared",
+        "--count",
+        "300",
+        "--identity",
+        "a",
+    )
+    b = spawn(
+        settings,
+        tmp_path,
+        "--room",
+        "right",
+        "--conversation-id",
+        "shared",
+        "--count",
+        "300",
+        "--identity",
+        "b",
+    )
     sent = collect(a) + collect(b)
     wait_until(lambda: backlog(redis_server.client(), settings) == 0, 60, "the stream drained")
     assert flusher.terminate() == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,9 @@ async def test_kill_9_at_a_crash_point_loses_and_duplicates_nothing(
     sent = [await c.append("user", "u", f"{c.room} #{n}") for n in range(40) for c in convs]
     marker = tmp_path / "fault-reached"
     doomed = FlusherProcess(
-        settings, tmp_path / "doomed", {"APPLIANCE_FAULT_POINTS": point, "APPLIANCE_FAULT_MARKER": str(marker)}
+        settings,
+        tmp_path / "doomed",
+        {"APPLIANCE_FAULT_POINTS": point, "APPLIANCE_FAULT_MARKER": str(marker)},
     ).start(ready=False)
     assert doomed.wait(30) == -9
     assert marker.read_text().split() == [point]
@@ -35,7 +38,6 @@ async def test_kill_9_at_a_crash_point_loses_and_duplicates_nothing(
     finally:
         assert flusher.terminate() == 0
     assert stored_ids(settings) == sorted(m.id for m in sent)  # every message, exactly once
-
 
 
 async def test_sigterm_drains_the_backlog_and_exits_0(
@@ -69,12 +71,15 @@ async def test_poison_entries_are_set_aside_and_the_rest_flows(
     flusher = FlusherProcess(settings, tmp_path).start()
     try:
         wait_until(lambda: backlog(client, settings) == 0, 30, "the stream drained")
-        wait_until(lambda: int(client.hget(store.redis.keys.flusher_stats, "dead_lettered") or 0) == 4, 10,
-                   "4 entries reported as dead-lettered")
+        wait_until(
+            lambda: int(client.hget(store.redis.keys.flusher_stats, "dead_lettered") or 0) == 4,
+            10,
+            "4 entries reported as dead-lettered",
+        )
     finally:
         assert flusher.terminate() == 0
     assert stored_ids(settings, conv.id) == [before.id, after.id]
-    dead = client.xrange(store.redis.keys.dead)
+    dead: Any = client.xrange(store.redis.keys.dead)
     assert len(dead) == 4
     assert all(fields[b"reason"] for _id, fields in dead)
     assert "set aside" in flusher.output()
@@ -89,9 +94,13 @@ async def test_stats_are_published_for_operators(
     client = redis_server.client()
     flusher = FlusherProcess(settings, tmp_path).start()
     try:
-        wait_until(lambda: client.hget(store.redis.keys.flusher_stats, "persisted") == b"10", 20,
-                   "persisted=10 in the stats hash")
-        stats = {k.decode(): v.decode() for k, v in client.hgetall(store.redis.keys.flusher_stats).items()}
+        wait_until(
+            lambda: client.hget(store.redis.keys.flusher_stats, "persisted") == b"10",
+            20,
+            "persisted=10 in the stats hash",
+        )
+        published: Any = client.hgetall(store.redis.keys.flusher_stats)
+        stats = {k.decode(): v.decode() for k, v in published.items()}
         assert stats["backlog"] == "0"
         assert stats["dead_lettered"] == "0"
         assert stats["spool_files"] == "0"

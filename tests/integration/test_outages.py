@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent.settings import AgentSettings
 from agent.store.records import Message
 from agent.store.store import ConversationStore
 from tests.conftest import make_settings
@@ -60,7 +61,7 @@ async def test_postgres_down_for_30s_while_appends_continue(
         while time.monotonic() < deadline:
             for conv in (before, during):
                 sent.append(await conv.append("user", "u", f"{conv.id} at {time.monotonic():.2f}"))
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
         assert store.stats.appends_postgres == 0 and store.stats.appends_spool == 0
         assert backlog(redis_server.client(), settings) >= len(sent) - 1
         private_pg.start()
@@ -86,7 +87,7 @@ async def test_redis_down_appends_land_in_postgres_and_resume_includes_them_in_o
         assert store.stats.appends_postgres == 5
         assert stored_ids(settings, conv.id) == [m.id for m in sent[5:]]
         private_redis.start()  # the list comes back from AOF, without the last five
-        time.sleep(0.3)  # past the breaker interval, so the next call tries Redis again
+        await asyncio.sleep(0.3)  # past the breaker interval, so the next call tries Redis again
         resumed = await store.open("outage")
         assert resumed.resumed_from == "merge"
         assert [m.id for m in resumed.window] == [m.id for m in sent]
@@ -112,7 +113,7 @@ async def test_both_down_spool_then_imported_while_the_flusher_runs(
         sent = [await conv.append("user", "u", f"before {i}") for i in range(3)]
         private_redis.stop()
         private_pg.stop()
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
         sent += [await conv.append("user", "u", f"spooled {i}") for i in range(7)]
         assert store.stats.appends_spool == 7
         spool_files = list((tmp_path / "spool").glob("*.jsonl"))
@@ -126,7 +127,7 @@ async def test_both_down_spool_then_imported_while_the_flusher_runs(
         wait_until(lambda: backlog(private_redis.client(), settings) == 0, 30, "the stream drained")
         assert flusher.terminate() == 0
         assert sorted(stored_ids(settings, conv.id)) == sorted(m.id for m in sent)
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
         resumed = await store.open("dark")
         assert resumed.resumed_from == "merge"  # PostgreSQL says these went around Redis
         assert [m.id for m in resumed.window] == [m.id for m in sent]
@@ -182,7 +183,8 @@ async def test_redis_at_maxmemory_never_evicts_the_stream(pg: PostgresServer, tm
             assert store.stats.appends_redis + store.stats.appends_postgres == len(sent) + len(more)
             assert backlog(client, settings) == store.stats.appends_redis >= on_stream
             acknowledged = {m.id for m in sent + more}
-            in_stream = {fields[b"v"] for _id, fields in client.xrange(store.redis.keys.stream)}
+            entries: Any = client.xrange(store.redis.keys.stream)
+            in_stream = {fields[b"v"] for _id, fields in entries}
             stored = set(stored_ids(settings, conv.id))
             found = {m.id for m in sent + more if m.encode() in in_stream} | stored
             assert found == acknowledged

@@ -74,8 +74,9 @@ async def test_resume_includes_unflushed_stream_entries_when_list_is_deleted(
     assert (await store.open("room-s")).resumed_from == "redis"
 
 
-async def test_ended_conversation_is_not_resumed_under_the_same_room_name(store: ConversationStore,
-                                                                         settings: AgentSettings) -> None:
+async def test_ended_conversation_is_not_resumed_under_the_same_room_name(
+    store: ConversationStore, settings: AgentSettings
+) -> None:
     conv = await store.open("shop")
     await conv.append("user", "customer-1", "my card number is secret")
     await conv.close("ended")
@@ -97,14 +98,15 @@ async def test_interrupted_conversation_is_resumed(store: ConversationStore) -> 
     assert [m.content for m in again.window] == ["before the drain timeout"]
 
 
-async def test_window_keeps_the_last_messages(store: ConversationStore, redis_server: RedisServer,
-                                              settings: AgentSettings) -> None:
+async def test_window_keeps_the_last_messages(
+    store: ConversationStore, redis_server: RedisServer, settings: AgentSettings
+) -> None:
     conv = await store.open("long")
     sent = [await conv.append("user", "a", f"m{i}") for i in range(150)]
     assert [m.id for m in conv.window] == [m.id for m in sent[-20:]]
     cached = await store.redis.cached(conv.id)
     assert cached.complete
-    assert [m.id for m in cached.messages] == [m.id for m in sent[-settings.store.cache_size:]]
+    assert [m.id for m in cached.messages] == [m.id for m in sent[-settings.store.cache_size :]]
 
 
 async def test_ttl_is_refreshed_on_each_write(store: ConversationStore, redis_server: RedisServer) -> None:
@@ -120,9 +122,9 @@ async def test_ttl_is_refreshed_on_each_write(store: ConversationStore, redis_se
 
 
 @pytest.mark.parametrize("appends", [1, 3])
-async def test_list_born_from_an_append_is_not_trusted(store: ConversationStore, settings: AgentSettings,
-                                                       redis_server: RedisServer, tmp_path: Path,
-                                                       appends: int) -> None:
+async def test_list_born_from_an_append_is_not_trusted(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path, appends: int
+) -> None:
     """After expiry, a new list holds only new messages: resume must merge with PostgreSQL."""
     conv = await store.open("expired")
     old = [await conv.append("user", "a", f"old {i}") for i in range(5)]

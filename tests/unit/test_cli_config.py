@@ -82,9 +82,7 @@ def test_validate_ok_goes_to_stderr(tmp_path: Path) -> None:
 
 
 def test_validate_prints_one_line_per_error(tmp_path: Path) -> None:
-    (tmp_path / "appliance.toml").write_text(
-        f'[redis]\nport = 0\nprot = 1\n[postgres]\npassword = "{SECRET}"\n'
-    )
+    (tmp_path / "appliance.toml").write_text(f'[redis]\nport = 0\nprot = 1\n[postgres]\npassword = "{SECRET}"\n')
     result = run("config", "validate")
     assert result.exit_code == 1
     assert result.stdout == ""
@@ -122,9 +120,7 @@ def _fails(exc: Exception) -> click.Command:
 @pytest.fixture
 def failing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Registers a ``fails`` command for the duration of one test."""
-    monkeypatch.setitem(
-        main.commands, "fails", _fails(ApplianceError("worker.max_rooms: set it to 1 or more"))
-    )
+    monkeypatch.setitem(main.commands, "fails", _fails(ApplianceError("worker.max_rooms: set it to 1 or more")))
 
 
 def test_a_user_error_is_one_line(failing: None) -> None:

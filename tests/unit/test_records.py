@@ -59,7 +59,7 @@ def test_any_printable_id_is_safe_as_a_key_part(cid: str) -> None:
 
 
 def test_message_encoding_round_trips_exactly() -> None:
-    original = make(content="emoji 🎉, quotes \" and \\ and newline\n", metadata={"nested": {"a": [1, 2.5, None]}})
+    original = make(content='emoji 🎉, quotes " and \\ and newline\n', metadata={"nested": {"a": [1, 2.5, None]}})
     assert Message.decode(original.encode()) == original
 
 
@@ -72,9 +72,13 @@ def test_ids_are_uuid7_in_creation_order() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"not json", b"{}", b'{"id":"x","c":"c","r":"user","p":"","t":"","at":0,"md":{}}',
-     b'{"id":"01900000-0000-7000-8000-000000000000","c":"c","r":"user","p":"","t":"a\\u0000","at":0,"md":{}}',
-     b'{"id":"01900000-0000-7000-8000-000000000000","c":"c","r":"user","p":"","t":"","at":0,"md":[]}'],
+    [
+        b"not json",
+        b"{}",
+        b'{"id":"x","c":"c","r":"user","p":"","t":"","at":0,"md":{}}',
+        b'{"id":"01900000-0000-7000-8000-000000000000","c":"c","r":"user","p":"","t":"a\\u0000","at":0,"md":{}}',
+        b'{"id":"01900000-0000-7000-8000-000000000000","c":"c","r":"user","p":"","t":"","at":0,"md":[]}',
+    ],
 )
 def test_decoding_a_poison_entry_raises_invalid_message(raw: bytes) -> None:
     with pytest.raises(InvalidMessage):

@@ -107,9 +107,7 @@ def test_a_non_secret_in_the_secrets_file_is_an_error_naming_the_field(tmp_path:
     write_secrets(tmp_path, "[redis]\nport = 7000\n")
     with pytest.raises(SettingsError) as excinfo:
         load()
-    assert errors_of(excinfo) == [
-        "redis.port: secrets.toml holds only secrets; put this setting in appliance.toml"
-    ]
+    assert errors_of(excinfo) == ["redis.port: secrets.toml holds only secrets; put this setting in appliance.toml"]
 
 
 @pytest.mark.parametrize(
@@ -160,9 +158,7 @@ def test_the_default_config_file_lists_every_setting_but_secrets() -> None:
     """So a new setting cannot be added without its line and comment; unset ones appear commented out."""
     text = DEFAULT_TOML.read_text()
     listed = set(_leaves(tomllib.loads(text)))
-    expected = {
-        path for path, default, secret in _fields(ApplianceSettings) if not secret and default is not None
-    }
+    expected = {path for path, default, secret in _fields(ApplianceSettings) if not secret and default is not None}
     assert listed == expected
     for path, default, secret in _fields(ApplianceSettings):
         if not secret and default is None:
