@@ -153,6 +153,8 @@ class Flusher:
             self.stats.errors += 1
             self._reread_pending = True
             log.warning("flush failed, retrying: %s", brief(exc))
+            if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                await self._until_ready(self.ensure_group)  # the stream was deleted or Redis lost its data
             await asyncio.sleep(0.5)
             return 0
 

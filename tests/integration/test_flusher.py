@@ -109,3 +109,19 @@ async def test_stats_are_published_for_operators(
         assert 0 < client.ttl(store.redis.keys.flusher_stats) <= 10  # vanishes when the flusher dies
     finally:
         flusher.terminate()
+
+
+async def test_flusher_recreates_a_lost_stream_and_group(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    conv = await store.open("lost")
+    flusher = FlusherProcess(settings, tmp_path).start()
+    try:
+        first = await conv.append("user", "u", "before")
+        wait_until(lambda: stored_ids(settings, conv.id) == [first.id], 20, "the first message stored")
+        redis_server.client().delete(store.redis.keys.stream)  # group gone with it
+        second = await conv.append("user", "u", "after")
+        wait_until(lambda: len(stored_ids(settings, conv.id)) == 2, 20, "the second message stored")
+    finally:
+        assert flusher.terminate() == 0
+    assert stored_ids(settings, conv.id) == [first.id, second.id]
