@@ -24,10 +24,11 @@ from bench.store_phases import PRODUCERS, open_conversations, warm_up
 
 ROUNDS = 5000
 BATCHES = 5
+Timing = tuple[float, float]  # wall and this process's CPU, microseconds per call
 
 
 async def anatomy(env: Env, messages: list[str]) -> tuple[list[tuple[str, Timing]], str]:
-    """(step, mean us) rows, and the cProfile of the append loop as text."""
+    """(step, timing) rows, and the cProfile of the append loop as text."""
     settings = env.phase("anatomy")
     rows = python_steps(messages[0])
     if settings.redis.unix_socket is not None:
@@ -49,9 +50,6 @@ async def anatomy(env: Env, messages: list[str]) -> tuple[list[tuple[str, Timing
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
     return rows, out.getvalue()
-
-
-Timing = tuple[float, float]  # wall and this process's CPU, microseconds per call
 
 
 def timed(fn: Callable[[], object]) -> Timing:

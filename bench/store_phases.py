@@ -138,7 +138,8 @@ async def store_durable(env: Env, plan: Plan, messages: list[str]) -> Result:
     us_per_msg = {k: v / len(latencies) * 1e6 for k, v in cpu.items()}
     note.append("CPU us/msg: " + ", ".join(f"{k} {v:.0f}" for k, v in us_per_msg.items()))
     if len(us_per_msg) == 4:  # all four processes measured: the CPU-bound ceiling of this machine
-        note.append(f"{os.cpu_count()} CPUs allow {(os.cpu_count() or 1) * 1e6 / sum(us_per_msg.values()):.0f} msg/s")
+        cpus = os.cpu_count() or 1
+        note.append(f"so {cpus} CPUs cap it at {cpus * 1e6 / sum(us_per_msg.values()):.0f} msg/s")
     return Result(f"durable_{PRODUCERS}", f"store durable, {PRODUCERS} producers + flusher", len(latencies),
                   seconds, 0, None, None, len(latencies) / seconds, "; ".join(filter(None, note)),
                   {f"cpu_us_per_msg_{k}": v for k, v in us_per_msg.items()})
