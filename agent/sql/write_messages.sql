@@ -2,7 +2,7 @@
 INSERT INTO messages (conversation_id, id, role, participant, content, created_at, metadata)
 SELECT conversation_id, id, role, participant, content, created_at, metadata::jsonb
 FROM unnest(
-    %(conversation_ids)s::text[], %(ids)s::uuid[], %(roles)s::text[], %(participants)s::text[],
-    %(contents)s::text[], %(created_ats)s::timestamptz[], %(metadatas)s::text[]
+    %(conversation_ids)b::text[], %(ids)b::uuid[], %(roles)b::text[], %(participants)b::text[],
+    %(contents)b::text[], %(created_ats)b::timestamptz[], %(metadatas)b::text[]
 ) AS m(conversation_id, id, role, participant, content, created_at, metadata)
 ON CONFLICT DO NOTHING

@@ -70,11 +70,11 @@ class FlusherProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"flusher exited with {self.proc.returncode}: {self.output()[-2000:]}")
         r = self.settings.redis
-        client = redis.Redis(
+        with redis.Redis(
             unix_socket_path=str(r.unix_socket),
             password=r.password.get_secret_value() if r.password else None,
-        )
-        return client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid") == str(self.pid).encode()
+        ) as client:
+            return client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid") == str(self.pid).encode()
 
     @property
     def pid(self) -> int:

@@ -62,6 +62,7 @@ class RedisServer:
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
+        self._client: redis.Redis | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -71,7 +72,10 @@ class RedisServer:
         return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.socket_path), password=self.password)
+        """One client per server, reused (it reconnects by itself after a restart)."""
+        if self._client is None:
+            self._client = redis.Redis(unix_socket_path=str(self.socket_path), password=self.password)
+        return self._client
 
     def start(self) -> RedisServer:
         args = [
@@ -124,6 +128,8 @@ class RedisServer:
                 self.kill()
 
     def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
