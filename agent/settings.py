@@ -103,8 +103,34 @@ class FlusherSettings(Section):
 
 
 class WorkerSettings(Section):
-    agent_name: str = ""
-    max_rooms: int = Field(50, ge=1)
+    """The livekit-agents worker: one process per room."""
+
+    # The operator's agent: "package.module:factory", a callable returning a livekit Agent (instructions, tools).
+    agent: str = Field("agent.sample:build", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    agent_name: str = ""  # empty: LiveKit dispatches every new room to us automatically
+    max_rooms: int = Field(50, ge=1)  # the load we report is rooms / max_rooms
+    num_idle_processes: int = Field(2, ge=0)  # prewarmed room processes, ready before a room arrives
+    job_memory_warn_mb: float = Field(300, ge=0)
+    job_memory_limit_mb: float = Field(500, ge=0)  # a room's process over this is killed (0: no limit)
+    drain_timeout_s: int = Field(300, ge=1)  # on SIGTERM, active rooms get this long to finish
+    health_port: int = Field(8081, ge=0, le=65535)  # livekit's own health server, on 127.0.0.1
+    status_port: int = Field(8082, ge=0, le=65535)  # our JSON view of rooms and processes, on 127.0.0.1
+    departure_timeout_s: float = Field(20, ge=0)  # the room's process ends this long after its last human left
+    greeting: str = "Hello! I'm listening to everyone in this room."
+    resume_greeting: str = "I'm back, and I remember our conversation."
+    max_deaths: int = Field(3, ge=1)  # a room whose agent died this often within death_window_s is not revived
+    death_window_s: float = Field(600, gt=0)
+    reconcile_every_s: float = Field(5, gt=0)  # how often rooms without an agent are looked for
+    orphan_after_s: float = Field(5, ge=0)  # a room must lack an agent this long before it is dispatched again
+
+
+class ModelSettings(Section):
+    """The models a room's agent uses. "offline" is a deterministic model that needs no network."""
+
+    llm: Literal["offline", "openai"] = "offline"
+    openai_base_url: str = ""  # empty: the provider's default; any OpenAI-compatible server works
+    openai_model: str = "gpt-4o-mini"
+    openai_api_key: SecretStr | None = None
 
 
 class LiveKitSettings(Section):
@@ -123,6 +149,7 @@ class AgentSettings(BaseSettings):
     store: StoreSettings = StoreSettings()
     flusher: FlusherSettings = FlusherSettings()
     worker: WorkerSettings = WorkerSettings()
+    models: ModelSettings = ModelSettings()
     livekit: LiveKitSettings = LiveKitSettings()
 
     @classmethod

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,8 @@ class FlusherProcess:
             unix_socket_path=str(r.unix_socket),
             password=r.password.get_secret_value() if r.password else None,
         ) as client:
-            return client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid") == str(self.pid).encode()
+            published: Any = client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid")
+            return bool(published == str(self.pid).encode())
 
     @property
     def pid(self) -> int:
@@ -91,6 +94,69 @@ class FlusherProcess:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         wait_until(lambda: not psutil.pid_exists(self.pid), 5, "flusher process gone")
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class WorkerProcess:
+    """``python -m agent.worker`` as a child process (its room processes are its children)."""
+
+    def __init__(self, settings: AgentSettings, workdir: Path) -> None:
+        self.settings = settings
+        self.env = settings_env(settings, workdir / "config")
+        self.log = workdir / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, registered: bool = True) -> WorkerProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent.worker"], env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
+            )
+        if registered:
+            wait_until(self._registered, 60, f"worker {self.pid} registered with LiveKit")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.worker.status_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def _registered(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}: {self.output()[-3000:]}")
+        return str(self.status()["worker_id"]).startswith("AW_")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        family = self.descendants()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        wait_until(
+            lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family),
+            15,
+            "the worker's room processes gone",
+        )
         return code
 
     def kill(self) -> None:

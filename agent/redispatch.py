@@ -1,0 +1,135 @@
+"""Re-dispatch: LiveKit's open-source server never dispatches a room again when its agent dies, so we do.
+
+Two paths: at once when one of our room processes dies abnormally, and a reconciler that periodically finds
+rooms with humans and no agent (e.g. after the worker itself was killed, or a room created while it was down).
+Never two agents in one room: before dispatching we check the room's participants and recent dispatches, under
+a short Redis lock shared by every worker that uses this Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from livekit import api
+from livekit.protocol import agent as agent_proto
+from livekit.protocol import models
+
+from agent.logs import brief
+from agent.settings import WorkerSettings
+from agent.store.keys import digest
+
+log = logging.getLogger("agent.redispatch")
+AGENT_KIND = models.ParticipantInfo.Kind.AGENT
+LIVE_JOB_STATES = (agent_proto.JobStatus.JS_PENDING, agent_proto.JobStatus.JS_RUNNING)
+
+
+@dataclass
+class Counters:
+    crashes: Counter[str] = field(default_factory=Counter)  # by cause: killed, memory, exit
+    redispatches: int = 0
+    given_up: int = 0  # rooms not revived any more: their agent died too often
+    reconciled: int = 0  # rooms found without an agent and dispatched by the reconciler
+
+
+class Redispatcher:
+    def __init__(self, lkapi: api.LiveKitAPI, redis: aioredis.Redis, settings: WorkerSettings, key_prefix: str) -> None:
+        self.lkapi = lkapi
+        self.redis = redis
+        self.settings = settings
+        self.key_prefix = key_prefix
+        self.counters = Counters()
+        self._deaths: dict[str, deque[float]] = {}
+        self._orphan_since: dict[str, float] = {}
+
+    def record_death(self, room: str, cause: str) -> bool:
+        """Count a death; False when the room has died too often to be revived."""
+        self.counters.crashes[cause] += 1
+        now = time.monotonic()
+        deaths = self._deaths.setdefault(room, deque())
+        deaths.append(now)
+        while deaths and now - deaths[0] > self.settings.death_window_s:
+            deaths.popleft()
+        if len(deaths) >= self.settings.max_deaths:
+            if len(deaths) == self.settings.max_deaths:
+                self.counters.given_up += 1
+            log.error(
+                "room %s: agent died %d times in %.0fs; not dispatching it again",
+                room,
+                len(deaths),
+                self.settings.death_window_s,
+            )
+            return False
+        return True
+
+    def given_up(self, room: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._deaths.get(room, ()) if now - t <= self.settings.death_window_s]
+        return len(recent) >= self.settings.max_deaths
+
+    async def revive(self, room: str, dead_identity: str, cause: str) -> None:
+        """A room's process died abnormally: remove its ghost participant and dispatch the room again."""
+        if not self.record_death(room, cause):
+            return
+        if dead_identity:
+            try:
+                await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
+            except api.TwirpError:
+                pass  # already gone
+        if await self.dispatch(room):
+            self.counters.redispatches += 1
+
+    async def dispatch(self, room: str) -> bool:
+        """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched."""
+        lock = f"{self.key_prefix}dispatch:{digest(room)}"
+        hold = max(10, int(self.settings.orphan_after_s * 3))
+        if not await self.redis.set(lock, "1", nx=True, ex=hold):
+            return False  # another worker is dispatching this room
+        if await self._has_agent_or_pending(room):
+            return False
+        await self.lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=self.settings.agent_name, room=room)
+        )
+        log.info("room %s dispatched again", room)
+        return True
+
+    async def _has_agent_or_pending(self, room: str) -> bool:
+        participants = await self.lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        if any(p.kind == AGENT_KIND for p in participants.participants):
+            return True
+        recent = time.time_ns() - int(self.settings.orphan_after_s * 3 * 1e9)
+        for dispatch in await self.lkapi.agent_dispatch.list_dispatch(room_name=room):
+            if dispatch.agent_name != self.settings.agent_name:
+                continue
+            jobs = dispatch.state.jobs
+            if not jobs and dispatch.state.created_at > recent:
+                return True  # just created, no job yet
+            if any(j.state.status == agent_proto.JobStatus.JS_PENDING for j in jobs):
+                return True
+        return False
+
+    async def reconcile(self) -> None:
+        """Dispatch every room that has had humans and no agent for orphan_after_s."""
+        now = time.monotonic()
+        rooms = await self.lkapi.room.list_rooms(api.ListRoomsRequest())
+        seen: set[str] = set()
+        for room in rooms.rooms:
+            participants = await self.lkapi.room.list_participants(api.ListParticipantsRequest(room=room.name))
+            kinds = [p.kind for p in participants.participants]
+            if AGENT_KIND in kinds or not kinds:
+                continue
+            seen.add(room.name)
+            since = self._orphan_since.setdefault(room.name, now)
+            if now - since < self.settings.orphan_after_s or self.given_up(room.name):
+                continue
+            try:
+                if await self.dispatch(room.name):
+                    self.counters.reconciled += 1
+                    self._orphan_since.pop(room.name, None)
+            except api.TwirpError as exc:
+                log.warning("room %s: dispatch failed: %s", room.name, brief(exc))
+        for gone in set(self._orphan_since) - seen:
+            del self._orphan_since[gone]

@@ -1,0 +1,174 @@
+"""A room's session: runs in the room's own process and serves every participant of the room.
+
+It wraps the operator's agent with the conversation store (every item written as it happens, never only at
+shutdown), resume (the last messages restored into the agent's context), and text input from everyone in the
+room (livekit's default text input listens to one participant only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import Agent, AgentSession, JobContext, llm
+from livekit.agents.voice import room_io
+from livekit.agents.voice.events import ConversationItemAddedEvent
+
+from agent.models import SPEAKER_KEY, build_llm
+from agent.settings import AgentSettings
+from agent.store.records import InvalidMessage, Message
+from agent.store.store import Conversation, ConversationStore, StoreUnavailable
+
+log = logging.getLogger("agent.session")
+CHAT_TOPIC = "lk.chat"
+ACK_TOPIC = "appliance.ack"  # tells a sender that its message is stored: {"stream_id": ..., "message_id": ...}
+STORED_KEY = "message_id"  # ChatMessage.extra key of items the session has already stored
+
+
+def conversation_id_from(metadata: str) -> str | None:
+    """A `conversation_id` named in the room's metadata (JSON), if any."""
+    try:
+        value = json.loads(metadata) if metadata else {}
+    except json.JSONDecodeError:
+        return None
+    found = value.get("conversation_id") if isinstance(value, dict) else None
+    return found if isinstance(found, str) and found else None
+
+
+def to_chat_message(message: Message) -> llm.ChatMessage:
+    """A stored message as the agent's context holds it: the LLM sees only content, so it names the speaker."""
+    if message.role == "user":
+        return llm.ChatMessage(
+            role="user",
+            content=[f"{message.participant}: {message.content}"],
+            extra={SPEAKER_KEY: message.participant, STORED_KEY: message.id},
+        )
+    return llm.ChatMessage(role=message.role, content=[message.content], extra={STORED_KEY: message.id})
+
+
+class RoomSession:
+    def __init__(self, ctx: JobContext, settings: AgentSettings, store: ConversationStore, conv: Conversation) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.store = store
+        self.conv = conv
+        self.session: AgentSession[Any] = AgentSession(llm=build_llm(settings.models))
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._departure: asyncio.TimerHandle | None = None
+        self.ended = False
+
+    async def start(self, agent: Agent) -> None:
+        history = llm.ChatContext([to_chat_message(m) for m in self.conv.window])
+        await agent.update_chat_ctx(history)
+        self.session.on("conversation_item_added", self._on_item_added)
+        room = self.ctx.room
+        room.register_text_stream_handler(CHAT_TOPIC, self._on_chat)
+        room.on("participant_connected", self._on_participant_connected)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        await self.session.start(
+            agent,
+            room=room,
+            room_options=room_io.RoomOptions(
+                text_input=False,  # replaced by _on_chat, which listens to everyone
+                audio_input=False,
+                audio_output=False,
+                close_on_disconnect=False,  # the room, not one participant, decides when we are done
+            ),
+            record=False,
+        )
+        greeting = self.settings.worker.resume_greeting if self.conv.resumed_from else self.settings.worker.greeting
+        self.session.say(greeting)
+        if not self._humans():
+            self._schedule_departure()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_chat(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        self._spawn(self._chat(reader, identity), f"chat from {identity}")
+
+    async def _chat(self, reader: rtc.TextStreamReader, identity: str) -> None:
+        text = (await reader.read_all()).replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+        try:
+            message = await self.conv.append("user", identity, text)
+        except (InvalidMessage, StoreUnavailable) as exc:
+            log.warning("message from %s not stored: %s", identity, exc)
+            return
+        ack = json.dumps({"stream_id": reader.info.stream_id, "message_id": message.id})
+        with contextlib.suppress(Exception):  # the sender may have left; the message is stored all the same
+            await self.ctx.room.local_participant.send_text(ack, topic=ACK_TOPIC, destination_identities=[identity])
+        self.session.generate_reply(user_input=to_chat_message(message))
+
+    def _on_item_added(self, event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if not isinstance(item, llm.ChatMessage) or STORED_KEY in item.extra:
+            return  # handoffs and function calls are not messages; user messages are stored on arrival
+        identity = self.ctx.room.local_participant.identity
+        self._spawn(self._store_item(item.role, identity, item.text_content or ""), "store item")
+        self._spawn(self._trim_context(), "trim context")
+
+    async def _store_item(self, role: str, identity: str, content: str) -> None:
+        try:
+            await self.conv.append(role, identity, content)
+        except (InvalidMessage, StoreUnavailable) as exc:
+            log.error("%s message not stored: %s", role, exc)
+
+    async def _trim_context(self) -> None:
+        """Keep the agent's context to the window; the store has the rest."""
+        agent = self.session.current_agent
+        window = self.settings.store.window_size
+        if len(agent.chat_ctx.items) > window:
+            await agent.update_chat_ctx(agent.chat_ctx.copy().truncate(max_items=window))
+
+    def _humans(self) -> list[rtc.RemoteParticipant]:
+        agent_kind = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        return [p for p in self.ctx.room.remote_participants.values() if p.kind != agent_kind]
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if self._departure is not None:
+            self._departure.cancel()
+            self._departure = None
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        if not self._humans():
+            self._schedule_departure()
+
+    def _schedule_departure(self) -> None:
+        if self._departure is None:
+            loop = asyncio.get_running_loop()
+            self._departure = loop.call_later(self.settings.worker.departure_timeout_s, self._depart)
+
+    def _depart(self) -> None:
+        if not self._humans():
+            self.ended = True
+            self.ctx.shutdown(reason="the last participant left")
+
+    async def aclose(self, reason: str) -> None:
+        """Job shutdown: flush pending writes, then mark the conversation ended (everyone left) or interrupted
+        (drain timeout, worker stopping: the next process for this room resumes it)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("room %s closing (%s)", self.ctx.room.name, reason)
+        with contextlib.suppress(StoreUnavailable):
+            await self.conv.close("ended" if self.ended else "interrupted")
+        await self.store.aclose()
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    """The job's entry point, in the room's process (forked from the prewarmed pool)."""
+    settings: AgentSettings = ctx.proc.userdata["settings"]
+    factory: Callable[[], Agent] = ctx.proc.userdata["factory"]
+    await ctx.connect()
+    store = ConversationStore(settings)
+    await store.start()
+    conv = await store.open(ctx.room.name, conversation_id_from(ctx.room.metadata))
+    room_session = RoomSession(ctx, settings, store, conv)
+    ctx.add_shutdown_callback(room_session.aclose)
+    await room_session.start(factory())

@@ -1,0 +1,69 @@
+"""The worker's status endpoint on loopback: its rooms with their process and memory, counters, draining.
+
+livekit's own health server has only `/` and `/worker`, without pids; `appliance status` reads this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import psutil
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from agent.worker import Worker
+
+
+def memory_mb(pid: int | None) -> dict[str, float | None]:
+    """PSS and USS: what a room's process really costs (RSS counts the pages it shares with its siblings)."""
+    if pid is None:
+        return {"pss_mb": None, "uss_mb": None}
+    try:
+        info = psutil.Process(pid).memory_full_info()
+    except psutil.Error:
+        return {"pss_mb": None, "uss_mb": None}
+    return {"pss_mb": round(info.pss / 2**20, 1), "uss_mb": round(info.uss / 2**20, 1)}
+
+
+class StatusServer:
+    def __init__(self, worker: Worker, port: int) -> None:
+        self.worker = worker
+        self.port = port
+        self.app = web.Application()
+        self.app.add_routes([web.get("/status", self.status)])
+        self._runner = web.AppRunner(self.app, access_log=None)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        if self.port == 0:  # tests ask for any free port: learn which
+            server: Any = site._server
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        await self._runner.cleanup()
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.collect())
+
+    async def collect(self) -> dict[str, Any]:
+        rooms = self.worker.room_processes()
+        memory = await asyncio.to_thread(lambda: [memory_mb(pid) for _, _, pid in rooms])  # psutil off the loop
+        counters = self.worker.redispatcher.counters
+        return {
+            "worker_id": self.worker.server.id,
+            "draining": self.worker.server.draining,
+            "rooms": [
+                {"room": room, "job_id": job_id, "pid": pid, **mem}
+                for (room, job_id, pid), mem in zip(rooms, memory, strict=True)
+            ],
+            "counters": {
+                "crashes": dict(counters.crashes),
+                "memory_kills": counters.crashes.get("memory", 0),
+                "redispatches": counters.redispatches,
+                "reconciled": counters.reconciled,
+                "given_up": counters.given_up,
+            },
+        }

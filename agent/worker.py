@@ -1,0 +1,189 @@
+"""The worker: livekit-agents' AgentServer run embedded, one process per room, plus what it lacks.
+
+Run with ``python -m agent.worker``. SIGTERM/SIGINT: stop taking rooms, let active rooms finish up to the drain
+timeout, then close (exit 0). Exits non-zero when LiveKit stays unreachable, so the supervisor restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+from livekit import api
+from livekit.agents import Agent, AgentServer, JobProcess
+from livekit.agents.ipc.job_proc_executor import ProcJobExecutor
+
+from agent.logs import brief, setup_logging
+from agent.redispatch import Redispatcher
+from agent.settings import AgentSettings, SettingsError, load_settings
+from agent.status import StatusServer
+from agent.store.redis_tier import make_client
+
+log = logging.getLogger("agent.worker")
+SIGUSR1_EXIT = -signal.SIGUSR1  # livekit's memory kill
+SIGKILL_EXIT = -signal.SIGKILL
+
+
+def resolve_factory(spec: str) -> Callable[[], Agent]:
+    """``package.module:factory`` to the callable; the module is preloaded in the forkserver."""
+    module_name, _, attr = spec.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr)
+    if not callable(factory):
+        raise TypeError(f"worker.agent: {spec} is not callable")
+    return factory  # type: ignore[no-any-return]
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Runs once in each room process before it gets a room: settings and the operator's agent factory."""
+    settings = load_settings(AgentSettings)
+    proc.userdata["settings"] = settings
+    proc.userdata["factory"] = resolve_factory(settings.worker.agent)
+
+
+def build_server(settings: AgentSettings) -> AgentServer:
+    worker = settings.worker
+    livekit = settings.livekit
+
+    def load(server: AgentServer) -> float:
+        # Rooms against our cap, not host CPU: Redis and PostgreSQL on the same box would distort that.
+        return len(server.active_jobs) / worker.max_rooms
+
+    server = AgentServer(
+        ws_url=livekit.url,
+        api_key=livekit.api_key.get_secret_value() if livekit.api_key else "",
+        api_secret=livekit.api_secret.get_secret_value() if livekit.api_secret else "",
+        host="127.0.0.1",  # the health server binds every interface by default
+        port=worker.health_port,
+        job_memory_warn_mb=worker.job_memory_warn_mb,
+        job_memory_limit_mb=worker.job_memory_limit_mb,
+        num_idle_processes=worker.num_idle_processes,
+        drain_timeout=worker.drain_timeout_s,
+        load_fnc=load,
+        load_threshold=1.0,  # full at max_rooms
+        setup_fnc=prewarm,
+        multiprocessing_context="forkserver",
+        # Our modules are imported once in the forkserver; room processes fork with them loaded.
+        preload_modules=["agent.session", worker.agent.partition(":")[0]],
+    )
+    from agent.session import entrypoint
+
+    server.rtc_session(entrypoint, agent_name=worker.agent_name)
+    return server
+
+
+def exit_cause(proc: ProcJobExecutor) -> str | None:
+    """Why a room process ended, when that was abnormal: None for a clean exit."""
+    code = proc.exitcode
+    if code == SIGUSR1_EXIT:
+        return "memory"
+    if code == SIGKILL_EXIT:
+        return "killed"
+    if code not in (0, None):
+        return "exit"
+    return None
+
+
+class Worker:
+    """The AgentServer and what we add to it: re-dispatch, the reconciler, the status endpoint."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.server = build_server(settings)
+        self.redis = make_client(settings.redis)
+        livekit = settings.livekit
+        self.lkapi = api.LiveKitAPI(
+            livekit.url,
+            livekit.api_key.get_secret_value() if livekit.api_key else None,
+            livekit.api_secret.get_secret_value() if livekit.api_secret else None,
+        )
+        self.redispatcher = Redispatcher(self.lkapi, self.redis, settings.worker, settings.store.key_prefix)
+        self.status = StatusServer(self, settings.worker.status_port)
+        self.server.on("worker_started", self._on_started)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _on_started(self) -> None:
+        # The process pool is private in livekit-agents 1.8.9 (pinned); it is the only place that says which
+        # room's process died and how.
+        self.server._proc_pool.on("process_closed", self._on_process_closed)
+
+    def _on_process_closed(self, proc: ProcJobExecutor) -> None:
+        job = proc.running_job
+        cause = exit_cause(proc)
+        if job is None or cause is None or self.server.draining:
+            return
+        room = job.job.room.name
+        log.warning("room %s: its process %s died (%s, exit %s)", room, proc.pid, cause, proc.exitcode)
+        self._spawn(self.redispatcher.revive(room, job.accept_arguments.identity, cause))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def room_processes(self) -> list[tuple[str, str, int | None]]:
+        """(room, job id, pid) of every room this worker serves."""
+        processes = cast(list[ProcJobExecutor], self.server._proc_pool.processes)  # forkserver: processes
+        return [(p.running_job.job.room.name, p.running_job.job.id, p.pid) for p in processes if p.running_job]
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.worker.reconcile_every_s)
+            if self.server.draining:
+                return
+            try:
+                await self.redispatcher.reconcile()
+            except Exception as exc:  # LiveKit or Redis unreachable: try again next round
+                log.warning("reconcile failed: %s", brief(exc))
+
+    async def run(self, stop: asyncio.Event) -> int:
+        await self.status.start()
+        served = asyncio.create_task(self.server.run(), name="agent server")
+        reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            await asyncio.wait({served, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if served.done():
+                exc = served.exception()
+                log.error("worker stopped: %s", brief(exc) if exc else "agent server returned")
+                return 1
+            log.info("draining: no new rooms; active rooms have %ss", self.settings.worker.drain_timeout_s)
+            try:
+                await self.server.drain()
+            except TimeoutError:
+                log.warning("drain timeout: closing the rooms still active (their conversations are resumed)")
+            await self.server.aclose()
+            return 0
+        finally:
+            reconciler.cancel()
+            stopping.cancel()
+            await self.status.aclose()
+            await self.lkapi.aclose()
+            await self.redis.aclose()
+
+
+async def _serve(settings: AgentSettings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return await Worker(settings).run(stop)
+
+
+def main() -> None:
+    setup_logging()
+    try:
+        settings = load_settings(AgentSettings)
+    except SettingsError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(asyncio.run(_serve(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""A text participant: joins a room, sends lines on ``lk.chat``, waits for each to be acknowledged (stored), and
+collects the agent's replies from ``lk.transcription``. Used by ``appliance chat``, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from livekit import rtc
+
+CHAT_TOPIC = "lk.chat"
+REPLY_TOPIC = "lk.transcription"
+ACK_TOPIC = "appliance.ack"
+
+
+class ChatClient:
+    def __init__(self, url: str, token: str, options: rtc.RoomOptions | None = None) -> None:
+        self.url = url
+        self.token = token
+        self.options = options or rtc.RoomOptions()
+        self.room = rtc.Room()
+        self.replies: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (sender identity, text)
+        self.acked: dict[str, str] = {}  # stream id -> stored message id
+        self._acks: dict[str, asyncio.Future[str]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def connect(self) -> ChatClient:
+        self.room.register_text_stream_handler(REPLY_TOPIC, self._on_reply)
+        self.room.register_text_stream_handler(ACK_TOPIC, self._on_ack)
+        await self.room.connect(self.url, self.token, self.options)
+        return self
+
+    @property
+    def identity(self) -> str:
+        return self.room.local_participant.identity
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_reply(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        async def read() -> None:
+            await self.replies.put((sender, await reader.read_all()))
+
+        self._spawn(read())
+
+    def _on_ack(self, reader: rtc.TextStreamReader, sender: str) -> None:
+        async def read() -> None:
+            ack = json.loads(await reader.read_all())
+            self.acked[ack["stream_id"]] = ack["message_id"]
+            waiter = self._acks.pop(ack["stream_id"], None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(ack["message_id"])
+
+        self._spawn(read())
+
+    async def send(self, text: str, *, ack_seconds: float = 20) -> str:
+        """Send one line; returns the stored message's id once the agent has acknowledged it."""
+        loop = asyncio.get_running_loop()
+        info = await self.room.local_participant.send_text(text, topic=CHAT_TOPIC)
+        if info.stream_id in self.acked:
+            return self.acked[info.stream_id]
+        waiter = self._acks.setdefault(info.stream_id, loop.create_future())
+        return await asyncio.wait_for(waiter, ack_seconds)
+
+    async def greeting(self, seconds: float = 30) -> str:
+        """Wait for the agent's greeting: it is said once the agent listens, so lines sent after it are heard
+        (a line sent into a room before the agent is there reaches nobody)."""
+        return await self.reply(seconds)
+
+    async def reply(self, seconds: float = 20) -> str:
+        """The next complete reply from the agent."""
+        _sender, text = await asyncio.wait_for(self.replies.get(), seconds)
+        return text
+
+    async def reply_containing(self, needle: str, seconds: float = 20) -> str:
+        """Skip replies (greetings, answers to others) until one contains ``needle``."""
+        deadline = asyncio.get_running_loop().time() + seconds
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            text = await self.reply(max(left, 0.01))
+            if needle in text:
+                return text
+
+    async def aclose(self) -> None:
+        await self.room.disconnect()
+        for task in list(self._tasks):
+            task.cancel()
