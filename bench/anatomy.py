@@ -84,8 +84,14 @@ def python_steps(content: str) -> list[tuple[str, Timing]]:
     message = new_message(cid, "user", "alice", content, max_content_bytes=1 << 16, max_metadata_bytes=1 << 14)
     raw = message.encode()
     return [
-        ("new_message: validation, UUIDv7, time", timed(
-            lambda: new_message(cid, "user", "alice", content, max_content_bytes=1 << 16, max_metadata_bytes=1 << 14))),
+        (
+            "new_message: validation, UUIDv7, time",
+            timed(
+                lambda: new_message(
+                    cid, "user", "alice", content, max_content_bytes=1 << 16, max_metadata_bytes=1 << 14
+                )
+            ),
+        ),
         ("  of which check_id of a 36-char id", timed(lambda: check_id("conversation_id", cid))),
         ("  of which str(uuid_utils.uuid7())", timed(lambda: str(uuid_utils.uuid7()))),
         ("Message.encode (orjson)", timed(message.encode)),
@@ -127,8 +133,10 @@ async def redis_steps(store: ConversationStore, cid: str, conv: Conversation, co
 async def concurrency_steps(store: ConversationStore, cids: list[str], content: str) -> list[tuple[str, Timing]]:
     """16 appends at once, each on its own connection (what the store does) or in one pipeline: per message."""
     tier, cap, ttl = store.redis, store.settings.cache_size, store.settings.cache_ttl_s
-    batch = [new_message(cid, "user", "alice", content, max_content_bytes=1 << 16, max_metadata_bytes=1 << 14)
-             for cid in cids]
+    batch = [
+        new_message(cid, "user", "alice", content, max_content_bytes=1 << 16, max_metadata_bytes=1 << 14)
+        for cid in cids
+    ]
     sha = await tier.client.script_load(lua("append"))
 
     async def gathered() -> None:
@@ -137,8 +145,17 @@ async def concurrency_steps(store: ConversationStore, cids: list[str], content: 
     async def pipelined() -> None:
         async with tier.client.pipeline(transaction=False) as pipe:
             for m in batch:
-                pipe.evalsha(sha, 2, tier.keys.conversation(m.conversation_id), tier.keys.stream, m.encode(), cap,
-                             ttl, "0", digest(m.conversation_id))
+                pipe.evalsha(
+                    sha,
+                    2,
+                    tier.keys.conversation(m.conversation_id),
+                    tier.keys.stream,
+                    m.encode(),
+                    cap,
+                    ttl,
+                    "0",
+                    digest(m.conversation_id),
+                )
             await pipe.execute()
 
     n = len(batch)

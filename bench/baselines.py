@@ -55,8 +55,10 @@ def naive_insert(env: Env, plan: Plan, messages: list[str]) -> Result:
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE messages INCLUDING ALL)").format(t))
         conn.commit()
         conn.autocommit = True
-        insert = sql.SQL("INSERT INTO {} (conversation_id, id, role, participant, content, created_at, metadata)"
-                         " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)").format(t)
+        insert = sql.SQL(
+            "INSERT INTO {} (conversation_id, id, role, participant, content, created_at, metadata)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb)"
+        ).format(t)
         cid = str(uuid_utils.uuid7())
 
         def write(content: str) -> None:
@@ -80,7 +82,10 @@ def langchain_postgres(env: Env, plan: Plan, messages: list[str]) -> Result:
             history.add_messages([HumanMessage(content=content)])
 
         latencies, seconds = timed_loop(plan, messages, write)
-    versions = f"langchain-postgres {metadata.version('langchain-postgres')}, " \
-               f"langchain-core {metadata.version('langchain-core')}"
-    return Result.timed("langchain_postgres", "langchain-postgres add_messages, 1 producer", latencies, seconds,
-                        versions)
+    versions = (
+        f"langchain-postgres {metadata.version('langchain-postgres')}, "
+        f"langchain-core {metadata.version('langchain-core')}"
+    )
+    return Result.timed(
+        "langchain_postgres", "langchain-postgres add_messages, 1 producer", latencies, seconds, versions
+    )

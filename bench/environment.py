@@ -50,8 +50,9 @@ class Env:
     def phase(self, name: str, *, always: bool = False) -> AgentSettings:
         """Settings with a key prefix, spool and flusher consumer of this phase's own."""
         base = self.always if always and self.always else self.settings
-        store = base.store.model_copy(update={"key_prefix": f"bench{self.tag}{name}:",
-                                              "spool_dir": self.workdir / "spool"})
+        store = base.store.model_copy(
+            update={"key_prefix": f"bench{self.tag}{name}:", "spool_dir": self.workdir / "spool"}
+        )
         flusher = base.flusher.model_copy(update={"consumer": f"bench-{self.tag}-{name}", "stats_every_s": 0.25})
         return base.model_copy(update={"store": store, "flusher": flusher})
 
@@ -70,12 +71,22 @@ def private_env(stack: contextlib.ExitStack, workdir: Path, tag: str) -> Env:
         server.start()
 
     def settings(server: RedisServer) -> AgentSettings:
-        return AgentSettings(redis=server.settings(), postgres=pg.settings("bench"),
-                             store=StoreSettings(spool_dir=workdir / "spool"), flusher=FlusherSettings())
+        return AgentSettings(
+            redis=server.settings(),
+            postgres=pg.settings("bench"),
+            store=StoreSettings(spool_dir=workdir / "spool"),
+            flusher=FlusherSettings(),
+        )
 
     pids = {"redis": everysec.proc.pid if everysec.proc else 0, "postgres": pg.postmaster_pid() or 0}
-    return Env(settings(everysec), settings(always), workdir, tag,
-               "private Redis (everysec; always) and PostgreSQL, unix socket and 127.0.0.1", pids)
+    return Env(
+        settings(everysec),
+        settings(always),
+        workdir,
+        tag,
+        "private Redis (everysec; always) and PostgreSQL, unix socket and 127.0.0.1",
+        pids,
+    )
 
 
 def configured_env(stack: contextlib.ExitStack, workdir: Path, tag: str) -> Env:
@@ -91,9 +102,14 @@ def configured_env(stack: contextlib.ExitStack, workdir: Path, tag: str) -> Env:
         stack.callback(server.close)
         server.start()
         always = settings.model_copy(update={"redis": server.settings()})
-    return Env(settings, always, workdir, tag,
-               f"configured Redis ({settings.redis.appendfsync}) and PostgreSQL"
-               + ("; private Redis (always)" if always else ""))
+    return Env(
+        settings,
+        always,
+        workdir,
+        tag,
+        f"configured Redis ({settings.redis.appendfsync}) and PostgreSQL"
+        + ("; private Redis (always)" if always else ""),
+    )
 
 
 def check_local(settings: AgentSettings) -> None:
@@ -134,7 +150,7 @@ def clean_up(env: Env) -> None:
         with contextlib.closing(redis_client(settings)) as client:
             keys = list(client.scan_iter(match=f"bench{env.tag}*", count=1000))
             for start in range(0, len(keys), 500):
-                client.unlink(*keys[start:start + 500])
+                client.unlink(*keys[start : start + 500])
     with psycopg.connect(**pg_kwargs(env.settings), autocommit=True) as conn:
         conn.execute("DELETE FROM messages WHERE conversation_id = ANY(%s)", (env.conversations,))
         conn.execute("DELETE FROM conversations WHERE id = ANY(%s)", (env.conversations,))
@@ -175,8 +191,9 @@ def describe_servers(env: Env) -> str:
     with contextlib.closing(redis_client(env.settings)) as client:
         redis_version = str(client.info("server").get("redis_version", "?"))
     with psycopg.connect(**pg_kwargs(env.settings)) as conn:
-        row = conn.execute("SELECT current_setting('server_version'), current_setting('fsync'),"
-                           " current_setting('synchronous_commit')").fetchone()
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('fsync'), current_setting('synchronous_commit')"
+        ).fetchone()
     assert row is not None
     return f"{env.servers}; Redis {redis_version}; PostgreSQL {row[0]} (fsync {row[1]}, synchronous_commit {row[2]})"
 
@@ -199,5 +216,7 @@ def describe_disk(directory: Path, seconds: float = 0.5) -> str:
         os.close(fd)
         probe.unlink()
     ordered = sorted(latencies)
-    return (f"fdatasync of 8 kB in {directory.parent}: p50 {quantile(ordered, 0.5):.3f} ms,"
-            f" p99 {quantile(ordered, 0.99):.3f} ms ({len(ordered)} samples)")
+    return (
+        f"fdatasync of 8 kB in {directory.parent}: p50 {quantile(ordered, 0.5):.3f} ms,"
+        f" p99 {quantile(ordered, 0.99):.3f} ms ({len(ordered)} samples)"
+    )

@@ -23,10 +23,19 @@ class Plan:
     baseline_s: float
 
 
-FULL = Plan(append_n=60_000, append_s=12, durable_n=150_000, durable_s=40, lag_rate=5000, lag_s=10,
-            baseline_n=20_000, baseline_s=10)
-QUICK = Plan(append_n=15_000, append_s=3, durable_n=40_000, durable_s=8, lag_rate=5000, lag_s=4,
-             baseline_n=5000, baseline_s=2.5)
+FULL = Plan(
+    append_n=60_000,
+    append_s=12,
+    durable_n=150_000,
+    durable_s=40,
+    lag_rate=5000,
+    lag_s=10,
+    baseline_n=20_000,
+    baseline_s=10,
+)
+QUICK = Plan(
+    append_n=15_000, append_s=3, durable_n=40_000, durable_s=8, lag_rate=5000, lag_s=4, baseline_n=5000, baseline_s=2.5
+)
 
 
 CONTENT_BYTES = 500
@@ -36,8 +45,28 @@ DISTINCT_MESSAGES = 256  # cycled through; enough that no contender benefits fro
 def make_messages() -> list[str]:
     """The same ~500-byte contents for every contender: words of mixed length, a few non-ASCII letters."""
     rng = random.Random(7)
-    words = ["the", "order", "arrived", "yesterday", "but", "déjà", "vu", "refund", "please", "naïve", "agent",
-             "ticket", "number", "café", "shipping", "address", "changed", "thanks", "again", "when"]
+    words = [
+        "the",
+        "order",
+        "arrived",
+        "yesterday",
+        "but",
+        "déjà",
+        "vu",
+        "refund",
+        "please",
+        "naïve",
+        "agent",
+        "ticket",
+        "number",
+        "café",
+        "shipping",
+        "address",
+        "changed",
+        "thanks",
+        "again",
+        "when",
+    ]
     out = []
     for _ in range(DISTINCT_MESSAGES):
         text = ""
@@ -64,8 +93,17 @@ class Result:
     def timed(cls, key: str, label: str, latencies_ns: list[int], seconds: float, note: str = "") -> Result:
         """From one latency sample per message, measured over ``seconds``."""
         ordered = [ns / 1e6 for ns in sorted(latencies_ns)]
-        return cls(key, label, len(ordered), seconds, len(ordered), quantile(ordered, 0.5),
-                   quantile(ordered, 0.99), len(ordered) / seconds if seconds else None, note)
+        return cls(
+            key,
+            label,
+            len(ordered),
+            seconds,
+            len(ordered),
+            quantile(ordered, 0.5),
+            quantile(ordered, 0.99),
+            len(ordered) / seconds if seconds else None,
+            note,
+        )
 
 
 @dataclass
@@ -102,8 +140,10 @@ def render_table(report: Report) -> str:
     head = f"{'figure':<44} {'messages':>8} {'samples':>8} {'p50 ms':>8} {'p99 ms':>8} {'msg/s':>7}  note"
     lines += [head, "-" * len(head)]
     for r in report.results:
-        lines.append(f"{r.label:<44} {r.messages:>8} {r.samples or '-':>8} {num(r.p50_ms, '.3f'):>8} "
-                     f"{num(r.p99_ms, '.3f'):>8} {num(r.msg_per_s, '.0f'):>7}  {r.note}")
+        lines.append(
+            f"{r.label:<44} {r.messages:>8} {r.samples or '-':>8} {num(r.p50_ms, '.3f'):>8} "
+            f"{num(r.p99_ms, '.3f'):>8} {num(r.msg_per_s, '.0f'):>7}  {r.note}"
+        )
     lines += ["", "ratios:"]
     lines += [f"  {name:<56} {num(value, '.1f')}x" for name, value in report.ratios.items()]
     lines += ["", "targets:"]

@@ -84,11 +84,17 @@ def judge(report: Report) -> None:
     report.targets = [
         Target(f"append p50 <= {APPEND_P50_MS} ms, 1 producer ({mode})", f"{p50:.3f} ms", p50 <= APPEND_P50_MS),
         Target(f"append p99 <= {APPEND_P99_MS:g} ms, 1 producer ({mode})", f"{p99:.3f} ms", p99 <= APPEND_P99_MS),
-        Target(f"durable msg/s >= {DURABLE_VS_LANGCHAIN}x langchain-postgres", f"{versus:.1f}x",
-               versus >= DURABLE_VS_LANGCHAIN),
+        Target(
+            f"durable msg/s >= {DURABLE_VS_LANGCHAIN}x langchain-postgres",
+            f"{versus:.1f}x",
+            versus >= DURABLE_VS_LANGCHAIN,
+        ),
         # Only a load actually offered at the target rate (within 5%) can meet the lag target.
-        Target(f"flush lag p99 <= {LAG_P99_MS} ms at {LAG_RATE // 1000}k msg/s",
-               f"{lag_p99:.1f} ms at {lag_rate:.0f} msg/s", lag_p99 <= LAG_P99_MS and lag_rate >= 0.95 * LAG_RATE),
+        Target(
+            f"flush lag p99 <= {LAG_P99_MS} ms at {LAG_RATE // 1000}k msg/s",
+            f"{lag_p99:.1f} ms at {lag_rate:.0f} msg/s",
+            lag_p99 <= LAG_P99_MS and lag_rate >= 0.95 * LAG_RATE,
+        ),
     ]
 
 
@@ -106,10 +112,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--quick", action="store_true", help="smaller counts: about 30 seconds")
-    parser.add_argument("--use-config", action="store_true",
-                        help="use the running appliance's Redis and PostgreSQL (its settings file and environment)")
-    parser.add_argument("--profile", action="store_true",
-                        help="instead: time each layer of one append, and cProfile the append loop (to stderr)")
+    parser.add_argument(
+        "--use-config",
+        action="store_true",
+        help="use the running appliance's Redis and PostgreSQL (its settings file and environment)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead: time each layer of one append, and cProfile the append loop (to stderr)",
+    )
     args = parser.parse_args()
     try:
         with contextlib.ExitStack() as stack:

@@ -98,8 +98,9 @@ async def store_append(env: Env, plan: Plan, messages: list[str], *, producers: 
         seconds = (time.perf_counter_ns() - t0) / 1e9
         await store.redis.client.unlink(store.redis.keys.stream)  # keep Redis small for the next phase
         who = "1 producer" if producers == 1 else f"{producers} producers"
-        return Result.timed(f"append_{producers}_{mode}", f"store append, {who}, {mode}", latencies, seconds,
-                            around_redis(store))
+        return Result.timed(
+            f"append_{producers}_{mode}", f"store append, {who}, {mode}", latencies, seconds, around_redis(store)
+        )
 
 
 async def committed(conn: psycopg.AsyncConnection[Any], conversation_ids: list[str]) -> int:
@@ -115,16 +116,19 @@ async def store_durable(env: Env, plan: Plan, messages: list[str]) -> Result:
     flusher = FlusherProcess(settings, env.workdir / "durable").start()
     pids = {"bench": os.getpid(), "flusher": flusher.pid, **env.server_pids}
     try:
-        async with (ConversationStore(settings) as store,
-                    await psycopg.AsyncConnection.connect(**pg_kwargs(settings), autocommit=True) as conn):
+        async with (
+            ConversationStore(settings) as store,
+            await psycopg.AsyncConnection.connect(**pg_kwargs(settings), autocommit=True) as conn,
+        ):
             convs = await open_conversations(store, env, "durable", PRODUCERS)
             ids = [c.id for c in convs]
             latencies: list[int] = []
             cpu_before = cpu_seconds(pids)
             deadline = time.perf_counter_ns() + int(plan.durable_s * 1e9)
             t0 = time.perf_counter_ns()
-            await asyncio.gather(*(produce(c, messages, plan.durable_n // PRODUCERS, deadline, latencies)
-                                   for c in convs))
+            await asyncio.gather(
+                *(produce(c, messages, plan.durable_n // PRODUCERS, deadline, latencies) for c in convs)
+            )
             acked_s = (time.perf_counter_ns() - t0) / 1e9
             while await committed(conn, ids) < len(latencies):
                 if time.perf_counter_ns() > deadline + 60 * 10**9:
@@ -140,15 +144,26 @@ async def store_durable(env: Env, plan: Plan, messages: list[str]) -> Result:
     if len(us_per_msg) == 4:  # all four processes measured: the CPU-bound ceiling of this machine
         cpus = os.cpu_count() or 1
         note.append(f"so {cpus} CPUs cap it at {cpus * 1e6 / sum(us_per_msg.values()):.0f} msg/s")
-    return Result(f"durable_{PRODUCERS}", f"store durable, {PRODUCERS} producers + flusher", len(latencies),
-                  seconds, 0, None, None, len(latencies) / seconds, "; ".join(filter(None, note)),
-                  {f"cpu_us_per_msg_{k}": v for k, v in us_per_msg.items()})
+    return Result(
+        f"durable_{PRODUCERS}",
+        f"store durable, {PRODUCERS} producers + flusher",
+        len(latencies),
+        seconds,
+        0,
+        None,
+        None,
+        len(latencies) / seconds,
+        "; ".join(filter(None, note)),
+        {f"cpu_us_per_msg_{k}": v for k, v in us_per_msg.items()},
+    )
 
 
 async def staleness(conn: psycopg.AsyncConnection[Any], ids: list[str], stop: asyncio.Event) -> list[float]:
     """Client-side flush lag: every 50 ms, the age (ms) of the newest message PostgreSQL has committed."""
-    query = ("SELECT max(last.created_at) FROM unnest(%s::text[]) AS c(cid) CROSS JOIN LATERAL"
-             " (SELECT created_at FROM messages WHERE conversation_id = c.cid ORDER BY id DESC LIMIT 1) AS last")
+    query = (
+        "SELECT max(last.created_at) FROM unnest(%s::text[]) AS c(cid) CROSS JOIN LATERAL"
+        " (SELECT created_at FROM messages WHERE conversation_id = c.cid ORDER BY id DESC LIMIT 1) AS last"
+    )
     ages: list[float] = []
     while not stop.is_set():
         cur = await conn.execute(query, (ids,))
@@ -166,14 +181,17 @@ async def store_flush_lag(env: Env, plan: Plan, messages: list[str]) -> list[Res
     keys = Keys(settings.store.key_prefix)
     flusher = FlusherProcess(settings, env.workdir / "lag").start()
     try:
-        async with (ConversationStore(settings) as store,
-                    await psycopg.AsyncConnection.connect(**pg_kwargs(settings), autocommit=True) as conn):
+        async with (
+            ConversationStore(settings) as store,
+            await psycopg.AsyncConnection.connect(**pg_kwargs(settings), autocommit=True) as conn,
+        ):
             convs = await open_conversations(store, env, "lag", PRODUCERS)
             stop = asyncio.Event()
             poller = asyncio.create_task(staleness(conn, [c.id for c in convs], stop), name="staleness")
             t0 = time.perf_counter_ns()
-            sent = sum(await asyncio.gather(*(paced(c, messages, plan.lag_rate / PRODUCERS, plan.lag_s)
-                                              for c in convs)))
+            sent = sum(
+                await asyncio.gather(*(paced(c, messages, plan.lag_rate / PRODUCERS, plan.lag_s) for c in convs))
+            )
             seconds = (time.perf_counter_ns() - t0) / 1e9
             stop.set()
             ages = sorted(await poller)
@@ -185,12 +203,28 @@ async def store_flush_lag(env: Env, plan: Plan, messages: list[str]) -> list[Res
     window = min(int(stats["persisted"]), LAG_WINDOW)
     offered = f"offered {plan.lag_rate} msg/s for {plan.lag_s:g}s, achieved {rate:.0f}"
     return [
-        Result("flush_lag", "flush lag (flusher's figures)", sent, seconds, window,
-               float(stats["flush_lag_p50_ms"]), float(stats["flush_lag_p99_ms"]), rate,
-               "; ".join(filter(None, [f"{offered}; ack to commit, last {window} messages", note]))),
-        Result("pg_staleness", "PG staleness (client side)", sent, seconds, len(ages),
-               quantile(ages, 0.5), quantile(ages, 0.99), rate,
-               "age of the newest committed message, polled every 50 ms"),
+        Result(
+            "flush_lag",
+            "flush lag (flusher's figures)",
+            sent,
+            seconds,
+            window,
+            float(stats["flush_lag_p50_ms"]),
+            float(stats["flush_lag_p99_ms"]),
+            rate,
+            "; ".join(filter(None, [f"{offered}; ack to commit, last {window} messages", note])),
+        ),
+        Result(
+            "pg_staleness",
+            "PG staleness (client side)",
+            sent,
+            seconds,
+            len(ages),
+            quantile(ages, 0.5),
+            quantile(ages, 0.99),
+            rate,
+            "age of the newest committed message, polled every 50 ms",
+        ),
     ]
 
 
