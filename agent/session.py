@@ -19,6 +19,7 @@ from livekit.agents import Agent, AgentSession, JobContext, llm
 from livekit.agents.voice import room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
+from agent.limits import apply_memory_backstop
 from agent.models import SPEAKER_KEY, build_llm
 from agent.settings import AgentSettings
 from agent.store.records import InvalidMessage, Message
@@ -172,3 +173,4 @@ async def entrypoint(ctx: JobContext) -> None:
     room_session = RoomSession(ctx, settings, store, conv)
     ctx.add_shutdown_callback(room_session.aclose)
     await room_session.start(factory())
+    apply_memory_backstop(settings.worker.job_memory_limit_mb)  # measured now that the room is connected

@@ -112,6 +112,8 @@ class WorkerSettings(Section):
     num_idle_processes: int = Field(2, ge=0)  # prewarmed room processes, ready before a room arrives
     job_memory_warn_mb: float = Field(300, ge=0)
     job_memory_limit_mb: float = Field(500, ge=0)  # a room's process over this is killed (0: no limit)
+    # livekit's sampling monitor (every 5 s) enforces job_memory_limit_mb; the RLIMIT_DATA backstop always does.
+    memory_monitor: bool = True
     drain_timeout_s: int = Field(300, ge=1)  # on SIGTERM, active rooms get this long to finish
     health_port: int = Field(8081, ge=0, le=65535)  # livekit's own health server, on 127.0.0.1
     status_port: int = Field(8082, ge=0, le=65535)  # our JSON view of rooms and processes, on 127.0.0.1

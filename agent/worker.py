@@ -18,6 +18,7 @@ from livekit import api
 from livekit.agents import Agent, AgentServer, JobProcess
 from livekit.agents.ipc.job_proc_executor import ProcJobExecutor
 
+from agent.limits import die_with_parent
 from agent.logs import brief, setup_logging
 from agent.redispatch import Redispatcher
 from agent.settings import AgentSettings, SettingsError, load_settings
@@ -40,6 +41,7 @@ def resolve_factory(spec: str) -> Callable[[], Agent]:
 
 def prewarm(proc: JobProcess) -> None:
     """Runs once in each room process before it gets a room: settings and the operator's agent factory."""
+    die_with_parent()
     settings = load_settings(AgentSettings)
     proc.userdata["settings"] = settings
     proc.userdata["factory"] = resolve_factory(settings.worker.agent)
@@ -60,7 +62,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         host="127.0.0.1",  # the health server binds every interface by default
         port=worker.health_port,
         job_memory_warn_mb=worker.job_memory_warn_mb,
-        job_memory_limit_mb=worker.job_memory_limit_mb,
+        job_memory_limit_mb=worker.job_memory_limit_mb if worker.memory_monitor else 0,
         num_idle_processes=worker.num_idle_processes,
         drain_timeout=worker.drain_timeout_s,
         load_fnc=load,

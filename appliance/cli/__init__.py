@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import config, db
+from appliance.cli import chat, config, db
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -118,5 +118,6 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
     ctx.obj = App(verbose=verbose)
 
 
+main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)

@@ -3,77 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
-import pytest
-from livekit import rtc
-
-from agent.settings import AgentSettings, LiveKitSettings, WorkerSettings
+from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
-from tests.conftest import fresh_database, make_settings
-from tests.harness.livekit import LiveKitServer
 from tests.harness.processes import WorkerProcess
-from tests.harness.servers import PostgresServer, RedisServer, free_port, wait_until
+from tests.harness.servers import wait_until
 
-
-def worker_settings(base: AgentSettings, livekit: LiveKitServer, **worker: object) -> AgentSettings:
-    return base.model_copy(
-        update={
-            "livekit": LiveKitSettings(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret),
-            "worker": WorkerSettings(
-                health_port=free_port(),
-                status_port=free_port(),
-                num_idle_processes=1,
-                departure_timeout_s=3,
-                reconcile_every_s=1,
-                orphan_after_s=2,
-                drain_timeout_s=20,
-                **worker,
-            ),
-        }
-    )
-
-
-@pytest.fixture
-def e2e_settings(
-    livekit_server: LiveKitServer, pg: PostgresServer, redis_server: RedisServer, tmp_path: Path
-) -> AgentSettings:
-    return worker_settings(make_settings(redis_server, pg, fresh_database(pg), tmp_path), livekit_server)
-
-
-@pytest.fixture
-def worker(e2e_settings: AgentSettings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(e2e_settings, tmp_path).start()
-    yield process
-    if process.proc is not None and process.proc.poll() is None:
-        assert process.terminate() == 0, process.output()[-3000:]
-
-
-def client_options(server: LiveKitServer) -> rtc.RoomOptions:
-    stun = rtc.IceServer(urls=[f"stun:{server.stun_server}"])
-    return rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_servers=[stun]), connect_timeout=10)
-
-
-@pytest.fixture
-async def join(livekit_server: LiveKitServer) -> AsyncIterator[object]:
-    clients: list[ChatClient] = []
-
-    async def joiner(room: str, identity: str) -> ChatClient:
-        client = ChatClient(livekit_server.url, livekit_server.token(identity, room), client_options(livekit_server))
-        clients.append(await client.connect())
-        return client
-
-    yield joiner
-    await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+Join = Callable[[str, str], Awaitable[ChatClient]]
 
 
 async def test_one_process_serves_everyone_in_the_room(
-    worker: WorkerProcess, join: object, e2e_settings: AgentSettings
+    worker: WorkerProcess, join: Join, e2e_settings: AgentSettings
 ) -> None:
-    alice = await join("sales-1", "alice")  # type: ignore[operator]
+    alice = await join("sales-1", "alice")
     assert "listening to everyone" in await alice.greeting()
-    bob = await join("sales-1", "bob")  # type: ignore[operator]
+    bob = await join("sales-1", "bob")
     first = await alice.send("hello from alice")
     await alice.reply_containing("alice: hello from alice")
     second = await bob.send("and hello from bob")
@@ -101,8 +46,8 @@ def stored_ids_eventually(settings: AgentSettings) -> list[str]:
     return [orjson.loads(fields[b"v"])["id"] for _id, fields in entries if fields.get(b"k") == b"m"]
 
 
-async def test_three_rooms_three_processes_nothing_crosses(worker: WorkerProcess, join: object) -> None:
-    clients = [await join(f"room-{i}", f"user-{i}") for i in range(3)]  # type: ignore[operator]
+async def test_three_rooms_three_processes_nothing_crosses(worker: WorkerProcess, join: Join) -> None:
+    clients = [await join(f"room-{i}", f"user-{i}") for i in range(3)]
     await asyncio.gather(*(c.greeting() for c in clients))
     for i, client in enumerate(clients):
         await client.send(f"secret {i}")

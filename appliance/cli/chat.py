@@ -1,0 +1,88 @@
+"""``appliance chat ROOM``: talk to the agent in a room from a terminal, or replay a script of lines."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+import uuid
+from typing import TYPE_CHECKING, TextIO
+
+import click
+
+from appliance.errors import ApplianceError
+
+if TYPE_CHECKING:
+    from appliance.chatclient import ChatClient
+    from appliance.cli import App
+    from appliance.settings import ApplianceSettings
+
+
+@click.command()
+@click.argument("room")
+@click.option("--identity", help="Your name in the room (default: your user name and a short id).")
+@click.option("--script", type=click.File("r"), help="Send each line of FILE (waiting for each answer), then leave.")
+@click.option("--wait", "wait_s", default=30.0, show_default=True, help="Seconds to wait for the agent to answer.")
+@click.pass_obj
+def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_s: float) -> None:
+    """Join ROOM and talk to its agent: each line you type (or each line of --script) is sent on lk.chat; the
+    agent's replies are printed. Lines are acknowledged once stored."""
+    identity = identity or f"{getpass.getuser()}-{uuid.uuid4().hex[:4]}"
+    asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
+
+
+def token(settings: ApplianceSettings, room: str, identity: str) -> str:
+    from livekit import api
+
+    lk = settings.livekit
+    if lk.api_key is None or lk.api_secret is None:
+        raise ApplianceError("livekit.api_key and livekit.api_secret are not set: put them in secrets.toml")
+    grants = api.VideoGrants(room_join=True, room=room)
+    return (
+        api.AccessToken(lk.api_key.get_secret_value(), lk.api_secret.get_secret_value())
+        .with_identity(identity)
+        .with_name(identity)
+        .with_grants(grants)
+        .to_jwt()
+    )
+
+
+async def converse(
+    settings: ApplianceSettings, room: str, identity: str, lines: TextIO, wait_s: float, *, interactive: bool
+) -> None:
+    from livekit import rtc
+
+    from appliance.chatclient import ChatClient
+
+    client = ChatClient(settings.livekit.url, token(settings, room, identity))
+    try:
+        await client.connect()
+    except rtc.ConnectError as exc:
+        raise ApplianceError(
+            f"cannot join {room} at {settings.livekit.url} ({exc}): is LiveKit running there (livekit.url), "
+            "and are livekit.api_key/api_secret the server's?"
+        ) from None
+    try:
+        try:
+            click.echo(f"agent: {await client.greeting(wait_s)}")
+        except TimeoutError:
+            raise ApplianceError(f"no agent answered in {room} within {wait_s:.0f}s: is the worker running?") from None
+        printer = asyncio.create_task(print_replies(client)) if interactive else None
+        loop = asyncio.get_running_loop()
+        while line := (await loop.run_in_executor(None, lines.readline)):
+            text = line.rstrip("\n")
+            if not text:
+                continue
+            await client.send(text, ack_seconds=wait_s)
+            if not interactive:
+                click.echo(f"{identity}: {text}")
+                click.echo(f"agent: {await client.reply(wait_s)}")
+        if printer is not None:
+            printer.cancel()
+    finally:
+        await client.aclose()
+
+
+async def print_replies(client: ChatClient) -> None:
+    while True:
+        click.echo(f"agent: {await client.reply(seconds=3600)}")
