@@ -24,7 +24,6 @@ from agent.store.keys import digest
 
 log = logging.getLogger("agent.redispatch")
 AGENT_KIND = models.ParticipantInfo.Kind.AGENT
-LIVE_JOB_STATES = (agent_proto.JobStatus.JS_PENDING, agent_proto.JobStatus.JS_RUNNING)
 
 
 @dataclass
@@ -79,16 +78,23 @@ class Redispatcher:
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
             except api.TwirpError:
                 pass  # already gone
-        if await self.dispatch(room):
+        if await self.dispatch(room, dead=dead_identity):
             self.counters.redispatches += 1
 
-    async def dispatch(self, room: str) -> bool:
-        """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched."""
+    async def dispatch(self, room: str, *, dead: str = "") -> bool:
+        """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched.
+
+        The lock stays held after a dispatch, so no other worker dispatches the room again before our agent
+        has had time to join; ``dead`` is an agent identity known to be gone even if LiveKit still lists it.
+        """
         lock = f"{self.key_prefix}dispatch:{digest(room)}"
         hold = max(10, int(self.settings.orphan_after_s * 3))
         if not await self.redis.set(lock, "1", nx=True, ex=hold):
             return False  # another worker is dispatching this room
-        if await self._has_agent_or_pending(room):
+        busy = await self._agent_or_pending(room, dead)
+        if busy:
+            await self.redis.delete(lock)
+            log.info("room %s not dispatched: %s", room, busy)
             return False
         await self.lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name=self.settings.agent_name, room=room)
@@ -96,20 +102,19 @@ class Redispatcher:
         log.info("room %s dispatched again", room)
         return True
 
-    async def _has_agent_or_pending(self, room: str) -> bool:
+    async def _agent_or_pending(self, room: str, dead: str) -> str | None:
+        """Why the room needs no dispatch (an agent in it, or one on its way), or None."""
         participants = await self.lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-        if any(p.kind == AGENT_KIND for p in participants.participants):
-            return True
-        recent = time.time_ns() - int(self.settings.orphan_after_s * 3 * 1e9)
+        for p in participants.participants:
+            if p.kind == AGENT_KIND and p.identity != dead:
+                return f"agent {p.identity} is in the room"
+        # A dispatch made by any worker sharing this Redis holds the lock above; one made otherwise (the room's
+        # own, or through the API) shows as a pending job. (livekit-server 1.9 lists no jobs for a room's
+        # automatic dispatch, so "no job yet" proves nothing.)
         for dispatch in await self.lkapi.agent_dispatch.list_dispatch(room_name=room):
-            if dispatch.agent_name != self.settings.agent_name:
-                continue
-            jobs = dispatch.state.jobs
-            if not jobs and dispatch.state.created_at > recent:
-                return True  # just created, no job yet
-            if any(j.state.status == agent_proto.JobStatus.JS_PENDING for j in jobs):
-                return True
-        return False
+            if any(j.state.status == agent_proto.JobStatus.JS_PENDING for j in dispatch.state.jobs):
+                return f"dispatch {dispatch.id} has a pending job"
+        return None
 
     async def reconcile(self) -> None:
         """Dispatch every room that has had humans and no agent for orphan_after_s."""
