@@ -115,6 +115,8 @@ class WorkerSettings(Section):
     # livekit's sampling monitor (every 5 s) enforces job_memory_limit_mb; the RLIMIT_DATA backstop always does.
     memory_monitor: bool = True
     drain_timeout_s: int = Field(300, ge=1)  # on SIGTERM, active rooms get this long to finish
+    # Attempts to reach LiveKit (backing off up to 10 s) before the worker exits non-zero to be restarted.
+    connect_retries: int = Field(16, ge=0)
     health_port: int = Field(8081, ge=0, le=65535)  # livekit's own health server, on 127.0.0.1
     status_port: int = Field(8082, ge=0, le=65535)  # our JSON view of rooms and processes, on 127.0.0.1
     departure_timeout_s: float = Field(20, ge=0)  # the room's process ends this long after its last human left

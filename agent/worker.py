@@ -65,6 +65,7 @@ def build_server(settings: AgentSettings) -> AgentServer:
         job_memory_limit_mb=worker.job_memory_limit_mb if worker.memory_monitor else 0,
         num_idle_processes=worker.num_idle_processes,
         drain_timeout=worker.drain_timeout_s,
+        max_retry=worker.connect_retries,
         load_fnc=load,
         load_threshold=1.0,  # full at max_rooms
         setup_fnc=prewarm,

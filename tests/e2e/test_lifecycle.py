@@ -1,0 +1,114 @@
+"""The worker's own lifecycle: drain on SIGTERM, exit when LiveKit is unreachable, the limits of re-dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from agent.settings import AgentSettings, LiveKitSettings
+from appliance.chatclient import ChatClient
+from tests.harness.inspect import backlog, stored_ids
+from tests.harness.livekit import LiveKitServer
+from tests.harness.processes import FlusherProcess, WorkerProcess
+from tests.harness.servers import RedisServer, free_port, wait_until
+
+Join = Callable[[str, str], Awaitable[ChatClient]]
+
+
+async def test_sigterm_drains_active_rooms_refuses_new_ones_and_flushes_everything(
+    worker: WorkerProcess, join: Join, e2e_settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    flusher = FlusherProcess(e2e_settings, tmp_path / "flusher").start()
+    alice = await join("closing-time", "alice")
+    await alice.greeting()
+    sent = [await alice.send("before the drain")]
+    await alice.reply_containing("before the drain")
+    assert worker.proc is not None
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: worker.status()["draining"], 10, "the worker draining")
+    late = await join("too-late", "bob")
+    with pytest.raises(TimeoutError):
+        await late.greeting(5)  # no agent for a room created while draining
+    sent.append(await alice.send("during the drain"))  # the active room goes on
+    await alice.reply_containing("during the drain")
+    await alice.aclose()  # the room ends after the departure timeout; then the worker exits
+    assert worker.proc.wait(60) == 0
+    wait_until(lambda: backlog(redis_server.client(), e2e_settings) == 0, 30, "the stream drained")
+    assert flusher.terminate() == 0
+    stored = set(stored_ids(e2e_settings))
+    assert set(sent) <= stored
+    assert len(stored) == 5  # greeting, two lines, two answers: the agent's side is stored too
+
+
+async def test_worker_exits_non_zero_when_livekit_stays_unreachable(
+    e2e_settings: AgentSettings, tmp_path: Path
+) -> None:
+    nowhere = LiveKitSettings(url=f"ws://127.0.0.1:{free_port()}", api_key="k", api_secret="s" * 32)
+    settings = e2e_settings.model_copy(
+        update={"livekit": nowhere, "worker": e2e_settings.worker.model_copy(update={"connect_retries": 1})}
+    )
+    process = WorkerProcess(settings, tmp_path).start(registered=False)
+    assert process.proc is not None
+    assert process.proc.wait(60) == 1
+    assert "failed to connect to livekit" in process.output()
+
+
+async def test_a_room_whose_agent_keeps_dying_is_given_up(
+    livekit_server: LiveKitServer, e2e_settings: AgentSettings, join: Join, tmp_path: Path
+) -> None:
+    settings = e2e_settings.model_copy(update={"worker": e2e_settings.worker.model_copy(update={"max_deaths": 2})})
+    worker = WorkerProcess(settings, tmp_path).start()
+    try:
+        alice = await join("cursed", "alice")
+        await alice.greeting()
+        os.kill(room_pid(worker, "cursed"), signal.SIGKILL)
+        await alice.reply_containing("I'm back", 60)  # first death: dispatched again
+        os.kill(room_pid(worker, "cursed"), signal.SIGKILL)
+        with pytest.raises(TimeoutError):
+            await alice.reply(8)  # second death within the window: left alone
+        counters = worker.status()["counters"]
+        assert counters["crashes"] == {"killed": 2}
+        assert counters["redispatches"] == 1
+        assert counters["given_up"] == 1
+        assert counters["reconciled"] == 0  # the reconciler respects it too
+    finally:
+        assert worker.terminate() == 0
+
+
+async def test_never_two_agents_in_one_room(
+    worker: WorkerProcess, join: Join, livekit_server: LiveKitServer, e2e_settings: AgentSettings
+) -> None:
+    from livekit import api
+
+    from agent.redispatch import Redispatcher
+    from agent.store.redis_tier import make_client
+
+    alice = await join("crowded", "alice")
+    await alice.greeting()
+    async with livekit_server.api() as lkapi:
+        redis = make_client(e2e_settings.redis)
+        try:
+            # Two other "workers" try to dispatch the room at once, while its agent is in it.
+            others = [Redispatcher(lkapi, redis, e2e_settings.worker, e2e_settings.store.key_prefix) for _ in range(2)]
+            assert await asyncio.gather(*(o.dispatch("crowded") for o in others)) == [False, False]
+            # Its agent dies: the worker and both others race to revive it; only one may win.
+            os.kill(room_pid(worker, "crowded"), signal.SIGKILL)
+            wins = await asyncio.gather(*(o.dispatch("crowded", dead="") for o in others))
+            await alice.reply_containing("I'm back", 60)
+            await asyncio.sleep(3)  # time for a second agent to arrive, if one were dispatched
+            listed = await lkapi.room.list_participants(api.ListParticipantsRequest(room="crowded"))
+            agents = [p.identity for p in listed.participants if p.kind == api.ParticipantInfo.Kind.AGENT]
+            assert len(agents) == 1, agents
+            assert sum(wins) + worker.status()["counters"]["redispatches"] <= 1
+        finally:
+            await redis.aclose()
+
+
+def room_pid(worker: WorkerProcess, room: str) -> int:
+    wait_until(lambda: any(r["room"] == room for r in worker.status()["rooms"]), 30, f"a process for {room}")
+    return int(next(r["pid"] for r in worker.status()["rooms"] if r["room"] == room))
