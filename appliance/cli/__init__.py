@@ -121,3 +121,7 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
 main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import sys
 import uuid
 from typing import TYPE_CHECKING, TextIO
@@ -28,6 +29,8 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
     """Join ROOM and talk to its agent: each line you type (or each line of --script) is sent on lk.chat; the
     agent's replies are printed. Lines are acknowledged once stored."""
     identity = identity or f"{getpass.getuser()}-{uuid.uuid4().hex[:4]}"
+    if not app.verbose:
+        logging.getLogger("livekit").setLevel(logging.CRITICAL)  # the SDK's own lines would bury ours
     asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
 
 
@@ -58,10 +61,7 @@ async def converse(
     try:
         await client.connect()
     except rtc.ConnectError as exc:
-        raise ApplianceError(
-            f"cannot join {room} at {settings.livekit.url} ({exc}): is LiveKit running there (livekit.url), "
-            "and are livekit.api_key/api_secret the server's?"
-        ) from None
+        raise ApplianceError(f"cannot join {room} at {settings.livekit.url}: {connect_failure(str(exc))}") from None
     try:
         try:
             click.echo(f"agent: {await client.greeting(wait_s)}")
@@ -86,3 +86,12 @@ async def converse(
 async def print_replies(client: ChatClient) -> None:
     while True:
         click.echo(f"agent: {await client.reply(seconds=3600)}")
+
+
+def connect_failure(detail: str) -> str:
+    """The cause of a failed join, in one line with its fix (the SDK's message spans lines of Rust errors)."""
+    if "401" in detail or "invalid API key" in detail or "token" in detail.lower():
+        return "LiveKit refused our token: livekit.api_key and livekit.api_secret must be the server's"
+    if "refused" in detail.lower() or "timed out" in detail.lower():
+        return "nothing answers there: is LiveKit running, and is livekit.url right?"
+    return detail.splitlines()[-1][:200] if detail else "unknown error"

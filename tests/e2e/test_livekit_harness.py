@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -17,17 +16,13 @@ from livekit import rtc
 from livekit.protocol.room import CreateRoomRequest, ListRoomsRequest
 
 from tests.harness import livekit as harness
-from tests.harness.livekit import LiveKitServer, PrivateNetwork, is_loopback
+from tests.harness.livekit import LiveKitServer, PrivateNetwork, is_loopback, logged_candidates
 
 CHAT_TOPIC = "lk.chat"
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms, what libwebrtc's audio pipeline works in
 
 log = logging.getLogger(__name__)
-
-# An ICE candidate as SDP and trickle messages carry it: "candidate:<foundation> <component> <proto> <priority> <ip>
-# <port> typ <type>"; livekit-server logs every one it sends and receives at debug level.
-CANDIDATE = re.compile(r"candidate:\S+ \d+ (?P<proto>udp|tcp) \d+ (?P<address>\S+) (?P<port>\d+) typ (?P<type>\w+)")
 
 
 def room_name() -> str:
@@ -52,12 +47,6 @@ def candidates(stats: rtc.RtcStats) -> list[tuple[str, str, int, str]]:
             c = report.remote_candidate.candidate
             found.append(("remote", c.address, c.port, c.protocol))
     return found
-
-
-def logged_candidates(server: LiveKitServer) -> set[tuple[str, str, str]]:
-    """(address, protocol, type) of every candidate in the server's signalling, both directions."""
-    text = server.log_path.read_text(errors="replace")
-    return {(m["address"], m["proto"], m["type"]) for m in CANDIDATE.finditer(text)}
 
 
 def audio_packets_received(stats: rtc.RtcStats) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
+from tests.harness.livekit import LiveKitServer, is_loopback, logged_candidates
 from tests.harness.processes import WorkerProcess
 from tests.harness.servers import wait_until
 
@@ -58,3 +59,15 @@ async def test_three_rooms_three_processes_nothing_crosses(worker: WorkerProcess
     wait_until(lambda: len(worker.status()["rooms"]) == 3, 20, "three rooms in the worker's status")
     pids = {r["pid"] for r in worker.status()["rooms"]}
     assert len(pids) == 3
+
+
+async def test_every_candidate_the_agent_exchanges_is_on_loopback(
+    worker: WorkerProcess, join: Join, livekit_server: LiveKitServer
+) -> None:
+    alice = await join("candid", "alice")
+    await alice.greeting()  # the agent's room process has negotiated its own peer connections by now
+    await alice.send("are we local?")
+    await alice.reply_containing("are we local?")
+    found = logged_candidates(livekit_server)  # every candidate signalled in this session, both directions
+    assert found
+    assert all(is_loopback(address) for address, _proto, _type in found), found

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -285,3 +286,14 @@ class PrivateNetwork:
             [shutil.which("ip") or "/usr/sbin/ip", "-o", "addr", "show"], check=True, capture_output=True, text=True
         ).stdout
         return [line.split()[3].split("/")[0] for line in out.splitlines()]
+
+
+# An ICE candidate as SDP and trickle messages carry it: "candidate:<foundation> <component> <proto> <priority> <ip>
+# <port> typ <type>"; livekit-server logs every one it sends and receives at debug level.
+CANDIDATE = re.compile(r"candidate:\S+ \d+ (?P<proto>udp|tcp) \d+ (?P<address>\S+) (?P<port>\d+) typ (?P<type>\w+)")
+
+
+def logged_candidates(server: LiveKitServer) -> set[tuple[str, str, str]]:
+    """(address, protocol, type) of every candidate in the server's signalling, both directions."""
+    text = server.log_path.read_text(errors="replace")
+    return {(m["address"], m["proto"], m["type"]) for m in CANDIDATE.finditer(text)}

@@ -1,0 +1,55 @@
+"""``appliance chat``: a terminal client that talks to the agent, and says clearly when it cannot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.settings import AgentSettings, LiveKitSettings
+from tests.harness.processes import WorkerProcess, settings_env
+from tests.harness.servers import free_port
+
+
+def appliance(settings: AgentSettings, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = settings_env(settings, workdir / "cli-config")
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_chat_script_round_trip(worker: WorkerProcess, e2e_settings: AgentSettings, tmp_path: Path) -> None:
+    script = tmp_path / "lines.txt"
+    script.write_text("hello there\n\nhow many messages now?\n")
+    done = appliance(e2e_settings, tmp_path, "chat", "cli-room", "--identity", "carol", "--script", str(script))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"agent: {e2e_settings.worker.greeting}"
+    assert lines[1:3] == [
+        "carol: hello there",
+        "agent: [offline model] I have heard carol. This conversation holds 2 messages. Last: carol: hello there",
+    ]
+    assert lines[3] == "carol: how many messages now?"
+    assert "holds 4 messages" in lines[4]
+
+
+def test_chat_says_clearly_when_livekit_is_unreachable(e2e_settings: AgentSettings, tmp_path: Path) -> None:
+    nowhere = e2e_settings.livekit.model_copy(update={"url": f"ws://127.0.0.1:{free_port()}"})
+    done = appliance(
+        e2e_settings.model_copy(update={"livekit": nowhere}), tmp_path, "chat", "r", "--script", "/dev/null"
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot join r at ws://127.0.0.1:")
+
+
+def test_chat_says_clearly_when_the_keys_are_wrong(e2e_settings: AgentSettings, tmp_path: Path) -> None:
+    wrong = LiveKitSettings(url=e2e_settings.livekit.url, api_key="nope", api_secret="x" * 40)
+    done = appliance(e2e_settings.model_copy(update={"livekit": wrong}), tmp_path, "chat", "r", "--script", "/dev/null")
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot join r") and "api_key" in done.stderr
+    assert "x" * 40 not in done.stderr + done.stdout
