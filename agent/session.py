@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +31,8 @@ from agent.store.store import Conversation, ConversationStore, StoreUnavailable
 log = logging.getLogger("agent.session")
 CHAT_TOPIC = "lk.chat"
 ACK_TOPIC = "appliance.ack"  # tells a sender that its message is stored: {"stream_id": ..., "message_id": ...}
-STORED_KEY = "message_id"  # ChatMessage.extra key of items the session has already stored
+STORED_KEY = "message_id"
+EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE  # ChatMessage.extra key of items the session has already stored
 
 
 def conversation_id_from(metadata: str) -> str | None:
@@ -163,7 +167,25 @@ class RoomSession:
 
 
 async def entrypoint(ctx: JobContext) -> None:
-    """The job's entry point, in the room's process (forked from the prewarmed pool)."""
+    """The job's entry point, in the room's process (forked from the prewarmed pool).
+
+    livekit ends a process whose entry point raised with exit code 0, which nothing can tell from a room that
+    ended; we exit non-zero instead, so the worker counts the crash and dispatches the room again.
+    """
+    try:
+        await _start_room(ctx)
+    except Exception:
+        # Straight to stderr: log records travel to the worker through a queue that os._exit would cut short.
+        print(
+            f"ERROR agent.session: room {ctx.room.name}: the session failed to start; exiting as a crash",
+            file=sys.stderr,
+        )
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(EXIT_CRASHED)
+
+
+async def _start_room(ctx: JobContext) -> None:
     settings: AgentSettings = ctx.proc.userdata["settings"]
     factory: Callable[[], Agent] = ctx.proc.userdata["factory"]
     await ctx.connect()

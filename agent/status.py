@@ -50,14 +50,15 @@ class StatusServer:
 
     async def collect(self) -> dict[str, Any]:
         rooms = self.worker.room_processes()
-        memory = await asyncio.to_thread(lambda: [memory_mb(pid) for _, _, pid in rooms])  # psutil off the loop
+        memory = await asyncio.to_thread(lambda: [memory_mb(pid) for _, _, pid, _ in rooms])  # psutil off the loop
+        conversations = [await self.worker.conversation_of(room, metadata) for room, _, _, metadata in rooms]
         counters = self.worker.redispatcher.counters
         return {
             "worker_id": self.worker.server.id,
             "draining": self.worker.server.draining,
             "rooms": [
-                {"room": room, "job_id": job_id, "pid": pid, **mem}
-                for (room, job_id, pid), mem in zip(rooms, memory, strict=True)
+                {"room": room, "conversation": conversation, "job_id": job_id, "pid": pid, **mem}
+                for (room, job_id, pid, _), mem, conversation in zip(rooms, memory, conversations, strict=True)
             ],
             "counters": {
                 "crashes": dict(counters.crashes),

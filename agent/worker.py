@@ -17,13 +17,16 @@ from typing import Any, cast
 from livekit import api
 from livekit.agents import Agent, AgentServer, JobProcess
 from livekit.agents.ipc.job_proc_executor import ProcJobExecutor
+from redis.exceptions import RedisError
 
 from agent.limits import die_with_parent
 from agent.logs import brief, setup_logging
 from agent.redispatch import Redispatcher
+from agent.session import conversation_id_from, entrypoint
 from agent.settings import AgentSettings, SettingsError, load_settings
 from agent.status import StatusServer
-from agent.store.redis_tier import make_client
+from agent.store.keys import Keys
+from agent.store.redis_tier import RedisTier, make_client
 
 log = logging.getLogger("agent.worker")
 SIGUSR1_EXIT = -signal.SIGUSR1  # livekit's memory kill
@@ -73,8 +76,6 @@ def build_server(settings: AgentSettings) -> AgentServer:
         # Our modules are imported once in the forkserver; room processes fork with them loaded.
         preload_modules=["agent.session", worker.agent.partition(":")[0]],
     )
-    from agent.session import entrypoint
-
     server.rtc_session(entrypoint, agent_name=worker.agent_name)
     return server
 
@@ -128,10 +129,26 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def room_processes(self) -> list[tuple[str, str, int | None]]:
-        """(room, job id, pid) of every room this worker serves."""
+    def room_processes(self) -> list[tuple[str, str, int | None, str]]:
+        """(room, job id, pid, room metadata) of every room this worker serves."""
         processes = cast(list[ProcJobExecutor], self.server._proc_pool.processes)  # forkserver: processes
-        return [(p.running_job.job.room.name, p.running_job.job.id, p.pid) for p in processes if p.running_job]
+        return [
+            (p.running_job.job.room.name, p.running_job.job.id, p.pid, p.running_job.job.room.metadata)
+            for p in processes
+            if p.running_job
+        ]
+
+    async def conversation_of(self, room: str, metadata: str) -> str | None:
+        """The conversation a room's process serves: named in the room's metadata, else the room's current one
+        (the room process records it in Redis when it opens it)."""
+        named = conversation_id_from(metadata)
+        if named:
+            return named
+        try:
+            mapped = await RedisTier.room_mapping_of(self.redis, Keys(self.settings.store.key_prefix), room)
+        except RedisError:
+            return None
+        return mapped[0] if mapped else None
 
     async def _reconcile_forever(self) -> None:
         while True:

@@ -85,7 +85,12 @@ class RedisTier:
         )
 
     async def room_mapping(self, room: str) -> tuple[str, str] | None:
-        found: list[Any] = await self.client.hmget(self.keys.room(room), ["id", "status"])
+        return await self.room_mapping_of(self.client, self.keys, room)
+
+    @staticmethod
+    async def room_mapping_of(client: aioredis.Redis, keys: Keys, room: str) -> tuple[str, str] | None:
+        """(conversation id, status) a room name currently maps to."""
+        found: list[Any] = await client.hmget(keys.room(room), ["id", "status"])
         if found[0] is None or found[1] is None:
             return None
         return found[0].decode(), found[1].decode()

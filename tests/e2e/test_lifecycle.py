@@ -112,3 +112,21 @@ async def test_never_two_agents_in_one_room(
 def room_pid(worker: WorkerProcess, room: str) -> int:
     wait_until(lambda: any(r["room"] == room for r in worker.status()["rooms"]), 30, f"a process for {room}")
     return int(next(r["pid"] for r in worker.status()["rooms"] if r["room"] == room))
+
+
+async def test_an_agent_that_fails_to_start_counts_as_a_crash(
+    e2e_settings: AgentSettings, join: Join, tmp_path: Path
+) -> None:
+    worker_settings = e2e_settings.worker.model_copy(
+        update={"agent": "tests.harness.crashing_agent:build", "max_deaths": 2}
+    )
+    worker = WorkerProcess(e2e_settings.model_copy(update={"worker": worker_settings}), tmp_path).start()
+    try:
+        await join("doomed", "alice")
+        wait_until(lambda: worker.status()["counters"]["given_up"] == 1, 60, "the room given up after 2 crashes")
+        counters = worker.status()["counters"]
+        assert counters["crashes"] == {"exit": 2}
+        assert counters["redispatches"] == 1
+        assert "this agent cannot start" in worker.output()
+    finally:
+        assert worker.terminate() == 0

@@ -28,6 +28,7 @@ async def test_one_process_serves_everyone_in_the_room(
     rooms = worker.status()["rooms"]
     assert [r["room"] for r in rooms] == ["sales-1"]  # one process for both participants
     assert rooms[0]["pid"] and rooms[0]["pss_mb"] > 0
+    assert rooms[0]["conversation"]  # the room's current conversation, as the store keyed it
     assert {first, second} <= set(stored_ids_eventually(e2e_settings))
 
 
