@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from livekit import api
 from livekit.agents import Agent, AgentServer, JobProcess
@@ -50,7 +51,13 @@ def prewarm(proc: JobProcess) -> None:
     proc.userdata["factory"] = resolve_factory(settings.worker.agent)
 
 
-def build_server(settings: AgentSettings) -> AgentServer:
+def build_server(
+    settings: AgentSettings,
+    *,
+    preload: bool = True,
+    multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+) -> AgentServer:
+    """Our AgentServer; ``preload=False`` and ``spawn`` exist for the benchmark's baselines (bench/rooms.py)."""
     worker = settings.worker
     livekit = settings.livekit
 
@@ -72,9 +79,9 @@ def build_server(settings: AgentSettings) -> AgentServer:
         load_fnc=load,
         load_threshold=1.0,  # full at max_rooms
         setup_fnc=prewarm,
-        multiprocessing_context="forkserver",
+        multiprocessing_context=multiprocessing_context,
         # Our modules are imported once in the forkserver; room processes fork with them loaded.
-        preload_modules=["agent.session", worker.agent.partition(":")[0]],
+        preload_modules=["agent.session", worker.agent.partition(":")[0]] if preload else None,
     )
     server.rtc_session(entrypoint, agent_name=worker.agent_name)
     return server
@@ -95,9 +102,15 @@ def exit_cause(proc: ProcJobExecutor) -> str | None:
 class Worker:
     """The AgentServer and what we add to it: re-dispatch, the reconciler, the status endpoint."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        preload: bool = True,
+        multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+    ) -> None:
         self.settings = settings
-        self.server = build_server(settings)
+        self.server = build_server(settings, preload=preload, multiprocessing_context=multiprocessing_context)
         self.redis = make_client(settings.redis)
         livekit = settings.livekit
         self.lkapi = api.LiveKitAPI(
@@ -186,12 +199,17 @@ class Worker:
             await self.redis.aclose()
 
 
-async def _serve(settings: AgentSettings) -> int:
+async def _serve(settings: AgentSettings, baseline: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    return await Worker(settings).run(stop)
+    worker = Worker(
+        settings,
+        preload=baseline != "defaults",
+        multiprocessing_context="spawn" if baseline == "spawn" else "forkserver",
+    )
+    return await worker.run(stop)
 
 
 def main() -> None:
@@ -202,7 +220,13 @@ def main() -> None:
         for line in exc.errors:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(asyncio.run(_serve(settings)))
+    # Benchmark only: bench/rooms.py runs this same worker as a baseline, "defaults" (livekit-agents' forkserver
+    # without our modules preloaded) or "spawn". Production never sets it.
+    baseline = os.environ.get("APPLIANCE_BENCH_BASELINE", "")
+    if baseline not in ("", "defaults", "spawn"):
+        print(f"error: APPLIANCE_BENCH_BASELINE={baseline}: expected defaults or spawn", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(asyncio.run(_serve(settings, baseline)))
 
 
 if __name__ == "__main__":
