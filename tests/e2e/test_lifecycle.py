@@ -12,7 +12,7 @@ import pytest
 
 from agent.settings import AgentSettings, LiveKitSettings
 from appliance.chatclient import ChatClient
-from tests.harness.inspect import backlog, stored_ids
+from tests.harness.inspect import backlog, conversation_status, stored_ids
 from tests.harness.livekit import LiveKitServer
 from tests.harness.processes import FlusherProcess, WorkerProcess
 from tests.harness.servers import RedisServer, free_port, wait_until
@@ -130,3 +130,26 @@ async def test_an_agent_that_fails_to_start_counts_as_a_crash(
         assert "this agent cannot start" in worker.output()
     finally:
         assert worker.terminate() == 0
+
+
+async def test_a_room_still_active_at_the_drain_timeout_is_interrupted_then_resumed(
+    e2e_settings: AgentSettings, join: Join, tmp_path: Path
+) -> None:
+    settings = e2e_settings.model_copy(update={"worker": e2e_settings.worker.model_copy(update={"drain_timeout_s": 3})})
+    first = WorkerProcess(settings, tmp_path / "first").start()
+    alice = await join("long-call", "alice")
+    await alice.greeting()
+    await alice.send("please remember this")
+    await alice.reply_containing("please remember this")
+    conversation = first.status()["rooms"][0]["conversation"]
+    assert first.terminate(timeout=60) == 0  # alice stays: the drain times out
+    assert conversation_status(e2e_settings, conversation) == "interrupted"
+    second = WorkerProcess(settings, tmp_path / "second").start()
+    try:
+        assert "I remember our conversation" in await alice.reply_containing("I'm back", 60)
+        await alice.send("still there?")
+        answer = await alice.reply_containing("still there?")
+        assert "holds 5 messages" in answer  # greeting, line, answer, resume greeting, this line
+        assert second.status()["rooms"][0]["conversation"] == conversation
+    finally:
+        assert second.terminate() == 0
