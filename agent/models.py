@@ -18,6 +18,8 @@ SPEAKER_KEY = "participant_identity"  # ChatMessage.extra key naming who said a 
 
 
 class OfflineLLM(llm.LLM[Any]):
+    stream_class: type[llm.LLMStream]  # set below, once _OfflineStream is defined; tests swap in their own
+
     @property
     def model(self) -> str:
         return "offline-deterministic"
@@ -36,7 +38,7 @@ class OfflineLLM(llm.LLM[Any]):
         tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
         extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
     ) -> llm.LLMStream:
-        return _OfflineStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
+        return self.stream_class(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
 def answer(chat_ctx: llm.ChatContext) -> str:
@@ -62,6 +64,9 @@ class _OfflineStream(llm.LLMStream):
                 id=shortuuid("offline_"), delta=llm.ChoiceDelta(role="assistant", content=answer(self._chat_ctx))
             )
         )
+
+
+OfflineLLM.stream_class = _OfflineStream
 
 
 def build_llm(settings: ModelSettings) -> llm.LLM[Any]:

@@ -7,13 +7,31 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from livekit.rtc._ffi_client import FfiClient
 
 from agent.settings import AgentSettings, FlusherSettings, StoreSettings
 from agent.store.migrate import migrate
 from agent.store.store import ConversationStore
+from tests.harness.livekit import PrivateNetwork
 from tests.harness.servers import PostgresServer, RedisServer
 
 TEMPLATE_DB = "appliance_template"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_network() -> Iterator[PrivateNetwork | None]:
+    """The whole session runs in a private network namespace when one can be made (root): WebRTC in the e2e tests
+    works only there (see PrivateNetwork), and every server must listen on the same loopback as its clients, so
+    it is entered before any server starts. Without root the e2e tests skip; the others run on the host's."""
+    if FfiClient._instance is not None:
+        pytest.fail("the livekit rtc SDK started before the private network: its threads would stay outside")
+    try:
+        network = PrivateNetwork().enter()
+    except PermissionError:
+        yield None
+        return
+    yield network
+    network.leave()
 
 
 @pytest.fixture(scope="session")

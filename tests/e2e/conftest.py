@@ -1,4 +1,4 @@
-"""Fixtures: a private network namespace for the session, and one livekit-server inside it."""
+"""Fixtures: one livekit-server for the session (inside the private network namespace), workers, participants."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from livekit import rtc
-from livekit.rtc._ffi_client import FfiClient
 
 from agent.settings import AgentSettings, LiveKitSettings, WorkerSettings
 from appliance.chatclient import ChatClient
@@ -18,18 +17,10 @@ from tests.harness.processes import WorkerProcess
 from tests.harness.servers import PostgresServer, RedisServer, free_port
 
 
-@pytest.fixture(scope="session")
-def private_network() -> Iterator[PrivateNetwork]:
-    """Everything the session starts from here on (server, rtc SDK runtime) lives in a namespace with only loopback."""
-    if FfiClient._instance is not None:
-        # Its threads were started outside and would stay outside: the clients could not reach the server.
-        pytest.fail("the livekit rtc SDK was started before the e2e fixtures: run tests/e2e in a pytest of its own")
-    try:
-        network = PrivateNetwork().enter()
-    except PermissionError as exc:
-        pytest.skip(f"WebRTC over loopback needs a private network namespace: {exc}")
-    yield network
-    network.leave()
+@pytest.fixture(autouse=True)
+def _in_private_network(private_network: PrivateNetwork | None) -> None:
+    if private_network is None:
+        pytest.skip("WebRTC over loopback needs the private network namespace, which needs root (CAP_SYS_ADMIN)")
 
 
 @pytest.fixture(scope="session")

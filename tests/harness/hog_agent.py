@@ -7,30 +7,14 @@ got. Any other line gets the offline model's answer.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from livekit.agents import Agent, llm
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import shortuuid
 
-from agent.models import answer
+from agent.models import OfflineLLM, answer
 
 CHUNK_MB = 16
 leaked: list[bytes] = []
-
-
-class HogLLM(llm.LLM[Any]):
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        parallel_tool_calls: NotGivenOr[bool] = NOT_GIVEN,
-        tool_choice: NotGivenOr[llm.ToolChoice] = NOT_GIVEN,
-        extra_kwargs: NotGivenOr[dict[str, Any]] = NOT_GIVEN,
-    ) -> llm.LLMStream:
-        return _HogStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
 
 
 class _HogStream(llm.LLMStream):
@@ -46,6 +30,10 @@ class _HogStream(llm.LLMStream):
         self._event_ch.send_nowait(
             llm.ChatChunk(id=shortuuid("hog_"), delta=llm.ChoiceDelta(role="assistant", content=text))
         )
+
+
+class HogLLM(OfflineLLM):
+    stream_class = _HogStream
 
 
 def build() -> Agent:

@@ -44,101 +44,34 @@ def _env_value(value: Any) -> str | None:
     return str(value)
 
 
-class FlusherProcess:
-    """``python -m agent.flusher`` as a child process."""
+class EntryPoint:
+    """One of our entry points (``python -m MODULE``) as a child process, configured like production."""
+
+    module = ""
 
     def __init__(self, settings: AgentSettings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.env = settings_env(settings, workdir / "config") | (extra_env or {})
-        self.log = workdir / "flusher.log"
+        self.log = workdir / f"{self.module.rpartition('.')[2]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, ready: bool = True) -> FlusherProcess:
-        """Start it and, with ``ready``, wait until it has published its first stats (signals handled)."""
+    def spawn(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.flusher"],
-                env=self.env,
-                stdout=out,
-                stderr=out,
-                stdin=subprocess.DEVNULL,
+                [sys.executable, "-m", self.module], env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
             )
-        if ready:
-            wait_until(self._published, 20, f"flusher {self.pid} ready")
-        return self
 
-    def _published(self) -> bool:
+    def running(self) -> bool:
+        """True while it runs; fails the test with its output if it exited."""
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"flusher exited with {self.proc.returncode}: {self.output()[-2000:]}")
-        r = self.settings.redis
-        with redis.Redis(
-            unix_socket_path=str(r.unix_socket),
-            password=r.password.get_secret_value() if r.password else None,
-        ) as client:
-            published: Any = client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid")
-            return bool(published == str(self.pid).encode())
+            raise AssertionError(f"{self.module} exited with {self.proc.returncode}: {self.output()[-3000:]}")
+        return True
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    def wait(self, timeout: float) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def terminate(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        wait_until(lambda: not psutil.pid_exists(self.pid), 5, "flusher process gone")
-        return code
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-class WorkerProcess:
-    """``python -m agent.worker`` as a child process (its room processes are its children)."""
-
-    def __init__(self, settings: AgentSettings, workdir: Path) -> None:
-        self.settings = settings
-        self.env = settings_env(settings, workdir / "config")
-        self.log = workdir / "worker.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, registered: bool = True) -> WorkerProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.worker"], env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
-            )
-        if registered:
-            wait_until(self._registered, 60, f"worker {self.pid} registered with LiveKit")
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def status(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.settings.worker.status_port}/status"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
-
-    def _registered(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}: {self.output()[-3000:]}")
-        return str(self.status()["worker_id"]).startswith("AW_")
 
     def descendants(self) -> list[psutil.Process]:
         try:
@@ -146,16 +79,21 @@ class WorkerProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def terminate(self, timeout: float = 60) -> int:
+    def wait(self, timeout: float) -> int:
         assert self.proc is not None
-        family = self.descendants()
+        return self.proc.wait(timeout)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, wait for the exit code, and check that it left no process behind."""
+        assert self.proc is not None
+        family = [psutil.Process(self.pid), *self.descendants()] if self.proc.poll() is None else []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         wait_until(
             lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family),
             15,
-            "the worker's room processes gone",
+            f"{self.module} and its children gone",
         )
         return code
 
@@ -167,3 +105,41 @@ class WorkerProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+class FlusherProcess(EntryPoint):
+    module = "agent.flusher"
+
+    def start(self, *, ready: bool = True) -> FlusherProcess:
+        """Start it and, with ``ready``, wait until it has published its first stats (signals handled)."""
+        self.spawn()
+        if ready:
+            wait_until(self._published, 20, f"flusher {self.pid} ready")
+        return self
+
+    def _published(self) -> bool:
+        r = self.settings.redis
+        password = r.password.get_secret_value() if r.password else None
+        with redis.Redis(unix_socket_path=str(r.unix_socket), password=password) as client:
+            published: Any = client.hget(Keys(self.settings.store.key_prefix).flusher_stats, "pid")
+        return self.running() and published == str(self.pid).encode()
+
+
+class WorkerProcess(EntryPoint):
+    """The worker; its forkserver and room processes are its descendants."""
+
+    module = "agent.worker"
+
+    def start(self, *, registered: bool = True) -> WorkerProcess:
+        self.spawn()
+        if registered:
+            wait_until(self._registered, 60, f"worker {self.pid} registered with LiveKit")
+        return self
+
+    def status(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.worker.status_port}/status"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def _registered(self) -> bool:
+        return self.running() and str(self.status()["worker_id"]).startswith("AW_")
