@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livekit.agents import llm
+from livekit.agents import llm, tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import shortuuid
 
@@ -67,6 +67,21 @@ class _OfflineStream(llm.LLMStream):
 
 
 OfflineLLM.stream_class = _OfflineStream
+
+
+def build_tts(settings: ModelSettings) -> tts.TTS[Any] | None:
+    """The text-to-speech model, or None for text-only replies."""
+    if settings.tts != "openai":
+        return None
+    from livekit.plugins import openai
+
+    return openai.TTS(
+        model=settings.openai_tts_model,
+        voice=settings.openai_tts_voice,
+        base_url=settings.openai_base_url or NOT_GIVEN,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else NOT_GIVEN,
+        response_format="pcm",  # raw 24 kHz samples: nothing to decode
+    )
 
 
 def build_llm(settings: ModelSettings) -> llm.LLM[Any]:

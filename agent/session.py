@@ -18,12 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import Agent, AgentSession, JobContext, llm
+from livekit.agents import NOT_GIVEN, Agent, AgentSession, JobContext, llm
 from livekit.agents.voice import room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from agent.limits import apply_memory_backstop
-from agent.models import SPEAKER_KEY, build_llm
+from agent.models import SPEAKER_KEY, build_llm, build_tts
 from agent.settings import AgentSettings
 from agent.store.records import InvalidMessage, Message
 from agent.store.store import Conversation, ConversationStore, StoreUnavailable
@@ -62,7 +62,8 @@ class RoomSession:
         self.settings = settings
         self.store = store
         self.conv = conv
-        self.session: AgentSession[Any] = AgentSession(llm=build_llm(settings.models))
+        self.voice = build_tts(settings.models)
+        self.session: AgentSession[Any] = AgentSession(llm=build_llm(settings.models), tts=self.voice or NOT_GIVEN)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._departure: asyncio.TimerHandle | None = None
         self.ended = False
@@ -81,7 +82,7 @@ class RoomSession:
             room_options=room_io.RoomOptions(
                 text_input=False,  # replaced by _on_chat, which listens to everyone
                 audio_input=False,
-                audio_output=False,
+                audio_output=self.voice is not None,  # replies are spoken too when a TTS is configured
                 close_on_disconnect=False,  # the room, not one participant, decides when we are done
             ),
             record=False,

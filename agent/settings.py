@@ -135,6 +135,11 @@ class ModelSettings(Section):
     openai_base_url: str = ""  # empty: the provider's default; any OpenAI-compatible server works
     openai_model: str = "gpt-4o-mini"
     openai_api_key: SecretStr | None = None
+    # Voice out: "openai" speaks every reply (as an audio track, besides the text) through an OpenAI-compatible
+    # text-to-speech endpoint at the same base URL and key. Voice in (STT, VAD) comes next.
+    tts: Literal["none", "openai"] = "none"
+    openai_tts_model: str = "gpt-4o-mini-tts"
+    openai_tts_voice: str = "alloy"
 
 
 class LiveKitSettings(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,14 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.unauthorized = 0
         app = web.Application()
-        app.add_routes([web.post("/v1/chat/completions", self.completions), web.get("/v1/models", self.models)])
+        app.add_routes(
+            [
+                web.post("/v1/chat/completions", self.completions),
+                web.post("/v1/audio/speech", self.speech),
+                web.get("/v1/models", self.models),
+            ]
+        )
+        self.spoken: list[str] = []
         self._runner = web.AppRunner(app, access_log=None)
 
     @property
@@ -66,3 +74,14 @@ class FakeOpenAI:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def speech(self, request: web.Request) -> web.Response:
+        """Half a second of a 440 Hz tone per request, as raw 16-bit 24 kHz PCM."""
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        body = await request.json()
+        self.spoken.append(body["input"])
+        rate = 24_000
+        samples = (int(12_000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(rate // 2))
+        pcm = b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
+        return web.Response(body=pcm, content_type="audio/pcm")
