@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from agent import faults
 from agent.logs import brief, setup_logging
 from agent.resources import lua
-from agent.settings import AgentSettings, SettingsError, load_settings
+from agent.settings import AgentSettings, load_or_exit
 from agent.store import pg_tier
 from agent.store.keys import GROUP, Keys
 from agent.store.records import ConversationEvent, InvalidMessage, Message
@@ -346,12 +345,7 @@ async def _serve(settings: AgentSettings) -> None:
 def main() -> None:
     setup_logging()
     faults.arm_from_env(os.environ)
-    try:
-        settings = load_settings(AgentSettings)
-    except SettingsError as exc:
-        for line in exc.errors:
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_or_exit(AgentSettings)
     asyncio.run(_serve(settings))
 
 

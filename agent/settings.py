@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -228,6 +229,16 @@ def load_settings(model: type[S]) -> S:
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
     except PydanticSettingsError as exc:  # an environment value that is not even parseable
         raise SettingsError([f"environment: {exc}"]) from None
+
+
+def load_or_exit(model: type[S]) -> S:
+    """For entry points: the settings, or one line per error on stderr and exit 2."""
+    try:
+        return load_settings(model)
+    except SettingsError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _describe(err: Any) -> str:

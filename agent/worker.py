@@ -24,7 +24,7 @@ from agent.limits import die_with_parent
 from agent.logs import brief, setup_logging
 from agent.redispatch import Redispatcher
 from agent.session import conversation_id_from, entrypoint
-from agent.settings import AgentSettings, SettingsError, load_settings
+from agent.settings import AgentSettings, load_or_exit, load_settings
 from agent.status import StatusServer
 from agent.store.keys import Keys
 from agent.store.redis_tier import RedisTier, make_client
@@ -214,12 +214,7 @@ async def _serve(settings: AgentSettings, baseline: str) -> int:
 
 def main() -> None:
     setup_logging()
-    try:
-        settings = load_settings(AgentSettings)
-    except SettingsError as exc:
-        for line in exc.errors:
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_or_exit(AgentSettings)
     # Benchmark only: bench/rooms.py runs this same worker as a baseline, "defaults" (livekit-agents' forkserver
     # without our modules preloaded) or "spawn". Production never sets it.
     baseline = os.environ.get("APPLIANCE_BENCH_BASELINE", "")
