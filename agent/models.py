@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from livekit.agents import llm, tts
+from livekit.agents import llm, stt, tts, vad
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, APIConnectOptions, NotGivenOr
 from livekit.agents.utils import shortuuid
 
@@ -82,6 +82,29 @@ def build_tts(settings: ModelSettings) -> tts.TTS[Any] | None:
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else NOT_GIVEN,
         response_format="pcm",  # raw 24 kHz samples: nothing to decode
     )
+
+
+def build_stt(settings: ModelSettings) -> stt.STT[Any] | None:
+    """The speech-to-text model (non-streaming: the session's VAD cuts the turns), or None for text in only."""
+    if settings.stt != "openai":
+        return None
+    from livekit.plugins import openai
+
+    return openai.STT(
+        model=settings.openai_stt_model,
+        use_realtime=False,
+        base_url=settings.openai_base_url or NOT_GIVEN,
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else NOT_GIVEN,
+    )
+
+
+def load_vad(settings: ModelSettings) -> vad.VAD | None:
+    """Loaded once per room process, in prewarm: the model takes a moment and some memory."""
+    if settings.vad != "silero":
+        return None
+    from livekit.plugins import silero
+
+    return silero.VAD.load()
 
 
 def build_llm(settings: ModelSettings) -> llm.LLM[Any]:

@@ -23,7 +23,7 @@ from livekit.agents.voice import room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from agent.limits import apply_memory_backstop
-from agent.models import SPEAKER_KEY, build_llm, build_tts
+from agent.models import SPEAKER_KEY, build_llm, build_stt, build_tts
 from agent.settings import AgentSettings
 from agent.store.records import InvalidMessage, Message
 from agent.store.store import Conversation, ConversationStore, StoreUnavailable
@@ -32,6 +32,7 @@ log = logging.getLogger("agent.session")
 CHAT_TOPIC = "lk.chat"
 ACK_TOPIC = "appliance.ack"  # tells a sender that its message is stored: {"stream_id": ..., "message_id": ...}
 STORED_KEY = "message_id"
+RAW_KEY = "spoken_text"  # ChatMessage.extra key: a transcribed turn's text, before we named its speaker
 EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE  # ChatMessage.extra key of items the session has already stored
 
 
@@ -63,7 +64,13 @@ class RoomSession:
         self.store = store
         self.conv = conv
         self.voice = build_tts(settings.models)
-        self.session: AgentSession[Any] = AgentSession(llm=build_llm(settings.models), tts=self.voice or NOT_GIVEN)
+        self.ears = build_stt(settings.models)
+        self.session: AgentSession[Any] = AgentSession(
+            llm=build_llm(settings.models),
+            tts=self.voice or NOT_GIVEN,
+            stt=self.ears or NOT_GIVEN,
+            vad=ctx.proc.userdata.get("vad") or NOT_GIVEN,
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._departure: asyncio.TimerHandle | None = None
         self.ended = False
@@ -71,6 +78,7 @@ class RoomSession:
     async def start(self, agent: Agent) -> None:
         history = llm.ChatContext([to_chat_message(m) for m in self.conv.window])
         await agent.update_chat_ctx(history)
+        self._name_spoken_turns(agent)
         self.session.on("conversation_item_added", self._on_item_added)
         room = self.ctx.room
         room.register_text_stream_handler(CHAT_TOPIC, self._on_chat)
@@ -81,7 +89,7 @@ class RoomSession:
             room=room,
             room_options=room_io.RoomOptions(
                 text_input=False,  # replaced by _on_chat, which listens to everyone
-                audio_input=False,
+                audio_input=self.ears is not None,  # the linked participant's voice, when an STT is configured
                 audio_output=self.voice is not None,  # replies are spoken too when a TTS is configured
                 close_on_disconnect=False,  # the room, not one participant, decides when we are done
             ),
@@ -91,6 +99,22 @@ class RoomSession:
         self.session.say(greeting)
         if not self._humans():
             self._schedule_departure()
+
+    def _name_spoken_turns(self, agent: Agent) -> None:
+        """A transcribed turn reaches the LLM as "identity: text", like a typed one, through livekit's hook for
+        editing a user turn; the operator's own hook still runs after ours."""
+        operator_hook = agent.on_user_turn_completed
+
+        async def name_the_speaker(turn_ctx: llm.ChatContext, new_message: llm.ChatMessage) -> None:
+            if STORED_KEY not in new_message.extra:  # typed lines are named (and stored) on arrival
+                linked = self.session.room_io.linked_participant
+                speaker = linked.identity if linked else ""
+                raw = new_message.text_content or ""
+                new_message.extra |= {SPEAKER_KEY: speaker, RAW_KEY: raw}
+                new_message.content = [f"{speaker}: {raw}"]
+            await operator_hook(turn_ctx, new_message)
+
+        agent.on_user_turn_completed = name_the_speaker  # type: ignore[method-assign]
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -116,9 +140,18 @@ class RoomSession:
         item = event.item
         if not isinstance(item, llm.ChatMessage) or STORED_KEY in item.extra:
             return  # handoffs and function calls are not messages; user messages are stored on arrival
-        identity = self.ctx.room.local_participant.identity
-        self._spawn(self._store_item(item.role, identity, item.text_content or ""), "store item")
+        content = str(item.extra.get(RAW_KEY, item.text_content or ""))
+        self._spawn(self._store_item(item.role, self._speaker(item), content), "store item")
         self._spawn(self._trim_context(), "trim context")
+
+    def _speaker(self, item: llm.ChatMessage) -> str:
+        """Who said an item the session produced: the agent, or for a transcribed turn the linked participant."""
+        if item.role == "user":
+            if SPEAKER_KEY in item.extra:
+                return str(item.extra[SPEAKER_KEY])
+            linked = self.session.room_io.linked_participant
+            return linked.identity if linked else ""
+        return self.ctx.room.local_participant.identity
 
     async def _store_item(self, role: str, identity: str, content: str) -> None:
         try:

@@ -137,10 +137,21 @@ class ModelSettings(Section):
     openai_model: str = "gpt-4o-mini"
     openai_api_key: SecretStr | None = None
     # Voice out: "openai" speaks every reply (as an audio track, besides the text) through an OpenAI-compatible
-    # text-to-speech endpoint at the same base URL and key. Voice in (STT, VAD) comes next.
+    # text-to-speech endpoint at the same base URL and key.
     tts: Literal["none", "openai"] = "none"
     openai_tts_model: str = "gpt-4o-mini-tts"
     openai_tts_voice: str = "alloy"
+    # Voice in: "openai" transcribes the room's linked speaker (livekit's audio input hears one participant)
+    # through an OpenAI-compatible endpoint; it needs a VAD to find where a turn ends.
+    stt: Literal["none", "openai"] = "none"
+    openai_stt_model: str = "gpt-4o-mini-transcribe"
+    vad: Literal["none", "silero"] = "none"  # silero's model ships inside its package: no download
+
+    @model_validator(mode="after")
+    def _stt_needs_vad(self) -> Self:
+        if self.stt != "none" and self.vad == "none":
+            raise ValueError('stt needs a vad (set vad = "silero") to tell where a spoken turn ends')
+        return self
 
 
 class LiveKitSettings(Section):

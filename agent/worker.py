@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from agent.limits import die_with_parent
 from agent.logs import brief, setup_logging
+from agent.models import load_vad
 from agent.redispatch import Redispatcher
 from agent.session import conversation_id_from, entrypoint
 from agent.settings import AgentSettings, load_or_exit, load_settings
@@ -49,6 +50,16 @@ def prewarm(proc: JobProcess) -> None:
     settings = load_settings(AgentSettings)
     proc.userdata["settings"] = settings
     proc.userdata["factory"] = resolve_factory(settings.worker.agent)
+    proc.userdata["vad"] = load_vad(settings.models)
+
+
+def register_plugins(settings: AgentSettings) -> None:
+    """Import the plugins the models need before the server starts: livekit then preloads them in the
+    forkserver, so room processes share them instead of importing them each."""
+    if settings.models.vad == "silero":
+        importlib.import_module("livekit.plugins.silero")
+    if "openai" in (settings.models.llm, settings.models.tts, settings.models.stt):
+        importlib.import_module("livekit.plugins.openai")
 
 
 def build_server(
@@ -110,6 +121,7 @@ class Worker:
         multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
     ) -> None:
         self.settings = settings
+        register_plugins(settings)
         self.server = build_server(settings, preload=preload, multiprocessing_context=multiprocessing_context)
         self.redis = make_client(settings.redis)
         livekit = settings.livekit

@@ -22,10 +22,13 @@ class FakeOpenAI:
             [
                 web.post("/v1/chat/completions", self.completions),
                 web.post("/v1/audio/speech", self.speech),
+                web.post("/v1/audio/transcriptions", self.transcriptions),
                 web.get("/v1/models", self.models),
             ]
         )
         self.spoken: list[str] = []
+        self.heard_audio: list[int] = []  # bytes of each audio file it was asked to transcribe
+        self.transcript = "this came in as speech"
         self._runner = web.AppRunner(app, access_log=None)
 
     @property
@@ -85,3 +88,12 @@ class FakeOpenAI:
         samples = (int(12_000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(rate // 2))
         pcm = b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
         return web.Response(body=pcm, content_type="audio/pcm")
+
+    async def transcriptions(self, request: web.Request) -> web.Response:
+        """Whatever the audio, the same transcript: the test checks the path, not the recognition."""
+        if not self._authorized(request):
+            return web.json_response({"error": {"message": "bad key"}}, status=401)
+        form = await request.post()
+        audio: Any = form["file"]
+        self.heard_audio.append(len(audio.file.read()))
+        return web.json_response({"text": self.transcript})
