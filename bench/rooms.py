@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `bench` and `tests.harness` when run as `python bench/rooms.py`
 
 from bench.environment import BenchError  # noqa: E402
-from bench.rooms_load import FULL, QUICK, Load, Plan, Room, Samples, kill_sample  # noqa: E402
+from bench.rooms_load import FULL, QUICK, Load, Plan, Room, RoomNotKillable, Samples, kill_sample  # noqa: E402
 from bench.rooms_memory import (  # noqa: E402
     anatomy,
     cpu_between,
@@ -46,7 +48,7 @@ from bench.rooms_memory import (  # noqa: E402
     median_room,
     threads,
 )
-from bench.rooms_report import Latency, Memory, Report, Result, Target, render_json, render_table  # noqa: E402
+from bench.rooms_report import Latency, Memory, Report, Result, Target, num, render_json, render_table  # noqa: E402
 from bench.rooms_stack import (  # noqa: E402
     Deployment,
     Stack,
@@ -57,14 +59,21 @@ from bench.rooms_stack import (  # noqa: E402
     leftovers,
     require_root,
     start_stack,
+    status,
     undeploy,
     warm,
 )
 from bench.rooms_timeline import cold_open, read_timeline, steps  # noqa: E402
 from tests.harness.livekit import binary  # noqa: E402
+from tests.harness.processes import WorkerProcess  # noqa: E402
 from tests.harness.servers import wait_until  # noqa: E402
 
 STARTED = time.monotonic()
+# A spawn room process holds its own copy of everything, the turn detector's weights too (measured ~320 MiB USS);
+# a configuration that would push the machine into the OOM killer is skipped, and the report says so.
+SPAWN_ROOM_MB = 340
+MEMORY_RESERVE_GB = 3
+QUIET_S = 5.0  # the window in which idle rooms' CPU is measured
 OUR_IDLE = 4  # prewarmed room processes: a burst of 4 rooms finds a process ready; each idle one costs its USS
 
 # The targets this worker is held to, on this 2-core box, at TARGET_ROOMS rooms.
@@ -74,6 +83,9 @@ ROOM_PSS_MB = 45
 GREETING_P50_MS = 300
 GREETING_P99_MS = 1000
 RESUME_P50_MS = 2000
+
+
+KEYS = ("ours", "defaults", "spawn")
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def progress(text: str) -> None:
     print(f"[{time.monotonic() - STARTED:6.1f}s] {text}", file=sys.stderr, flush=True)
 
 
-async def run(stack: Stack, plan: Plan, counts: list[int], header: dict[str, str]) -> list[Result]:
+async def run(stack: Stack, plan: Plan, counts: list[int], keys: list[str], header: dict[str, str]) -> list[Result]:
     """Each room count, each configuration, one after the other (never two at once: they share two cores)."""
     opened = await cold_open(stack.base_settings("cold"), f"bench-{stack.tag}-cold")
     header["store start + open"] = (
@@ -113,14 +125,29 @@ async def run(stack: Stack, plan: Plan, counts: list[int], header: dict[str, str
     )
     results = []
     for rooms in counts:
-        for config in configurations():
+        for config in [c for c in configurations() if c.key in keys]:
             progress(f"{rooms} rooms, {config.key}: starting the worker ({config.label})")
             results.append(await run_configuration(stack, config, rooms, plan))
     return results
 
 
+def too_big(config: Config, rooms: int) -> str:
+    """Why this configuration would not fit in this machine's memory at ``rooms`` rooms ("" when it fits)."""
+    if config.key != "spawn":
+        return ""
+    need = rooms * SPAWN_ROOM_MB / 1024 + MEMORY_RESERVE_GB
+    available = psutil.virtual_memory().available / 2**30
+    if need <= available:
+        return ""
+    return f"skipped: {rooms} spawn rooms need ~{need:.0f} GiB, {available:.0f} GiB available"
+
+
 async def run_configuration(stack: Stack, config: Config, rooms: int, plan: Plan) -> Result:
     name = f"{config.key}{rooms}"
+    skipped = too_big(config, rooms)
+    if skipped:
+        progress(f"{rooms} rooms, {config.key}: {skipped}")
+        return result_of(config, rooms, plan, Samples(), None, {}, [], [], errors=[skipped])
     deployment = await asyncio.to_thread(
         deploy, stack, name, rooms=rooms, idle=config.idle, baseline=config.baseline, spare=plan.kills + 10
     )
@@ -136,38 +163,79 @@ async def run_configuration(stack: Stack, config: Config, rooms: int, plan: Plan
 
 
 async def measure_load(stack: Stack, deployment: Deployment, load: Load, config: Config, rooms: int) -> Result:
+    """Warm up, run the rooms, measure memory with every room active, kill a sample. A phase that fails ends the
+    configuration's run early; the result keeps what was measured and says why it stopped."""
     worker = deployment.worker
     parties = (worker.pid, stack.servers(), deployment.flusher.pid)
-    await Load(stack.livekit, load.plan).warm_up(f"bench-{stack.tag}-{config.key}-{rooms}-warm-up")
-    # Measure with the warm-up room gone (its departure timeout) and its process replaced in the pool.
-    await asyncio.to_thread(wait_until, lambda: not worker.status()["rooms"], 60, "the warm-up room closed")
-    await asyncio.to_thread(wait_until, lambda: warm(worker, config.idle + 1), 60, "the pool refilled")
-    before = cpu_snapshot(*parties)
-    progress(f"{rooms} rooms, {config.key}: rooms arriving at {load.plan.arrival_per_s:g}/s, conversing")
-    names = [f"bench-{stack.tag}-{config.key}-{rooms}-{i:03d}" for i in range(rooms)]
-    opened = await load.run_rooms(names)
-    cpu = cpu_between(before, cpu_snapshot(*parties))
-    status = await asyncio.to_thread(worker.status)
-    stack.remember_tree(worker.pid, f"{config.key} worker")
-    memory = await asyncio.to_thread(measure, worker.pid, status["rooms"], stack.servers()["postgres"])
-    sample = median_room(status["rooms"])
-    rows = await asyncio.to_thread(anatomy, sample, forkserver_of(worker.pid)) if sample else []
-    memory.room_threads = threads(sample) if sample else 0
-    progress(f"{rooms} rooms, {config.key}: killing {load.plan.kills} room processes, one at a time")
-    await load.kill_and_resume(kill_sample(opened, load.plan.kills), lambda room: kill_room(stack, deployment, room))
+    opened: list[Room] = []
+    memory: Memory | None = None
+    cpu: dict[str, float] = {}
+    quiet: dict[str, float] = {}
+    rows: list[tuple[str, float, float]] = []
+    stopped = ""
+    try:
+        await Load(stack.livekit, load.plan).warm_up(f"bench-{stack.tag}-{config.key}-{rooms}-warm-up")
+        # Measure with the warm-up room gone (its departure timeout) and its process replaced in the pool.
+        await asyncio.to_thread(wait_until, lambda: not status(worker)["rooms"], 60, "the warm-up room closed")
+        await asyncio.to_thread(wait_until, lambda: warm(worker, config.idle + 1), 60, "the pool refilled")
+        before = cpu_snapshot(*parties)
+        progress(f"{rooms} rooms, {config.key}: rooms arriving at {load.plan.arrival_per_s:g}/s, conversing")
+        names = [f"bench-{stack.tag}-{config.key}-{rooms}-{i:03d}" for i in range(rooms)]
+        opened = await load.run_rooms(names)
+        cpu = cpu_between(before, cpu_snapshot(*parties))
+        progress(f"{rooms} rooms, {config.key}: measuring memory")
+        memory, rows = await measure_memory(stack, worker)
+        quiet = await quiet_cpu(parties, QUIET_S)
+        progress(f"{rooms} rooms, {config.key}: killing {load.plan.kills} room processes, one at a time")
+        sample = kill_sample(opened, load.plan.kills)
+        await load.kill_and_resume(sample, lambda room: kill_room(stack, deployment, room))
+    except Exception as exc:  # a phase that could not finish: report what was measured, and why it stopped
+        stopped = f"stopped early: {type(exc).__name__}: {exc}"
+        progress(f"{rooms} rooms, {config.key}: {stopped}")
     result = result_of(config, rooms, load.plan, load.samples, memory, cpu, rows, opened)
     result.steps = steps(opened, read_timeline(deployment.timeline))
+    result.quiet_cpu_pct = quiet
+    if stopped:
+        result.errors.insert(0, stopped)
+    progress(f"{rooms} rooms, {config.key}: {summary(result)}")
     return result
+
+
+async def quiet_cpu(parties: tuple[int, dict[str, int], int], seconds: float) -> dict[str, float]:
+    """Each party's CPU, in % of one core, while every room is connected and nobody speaks."""
+    before = await asyncio.to_thread(cpu_snapshot, *parties)
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(cpu_snapshot, *parties)
+    return {k: round(100 * v / seconds, 1) for k, v in cpu_between(before, after).items()}
+
+
+async def measure_memory(stack: Stack, worker: WorkerProcess) -> tuple[Memory, list[tuple[str, float, float]]]:
+    """Per-room figures from the worker's /status, the rest of its tree from psutil, one room's smaps."""
+    rooms = (await asyncio.to_thread(status, worker))["rooms"]
+    stack.remember_tree(worker.pid, "worker")
+    memory = await asyncio.to_thread(measure, worker.pid, rooms, stack.servers()["postgres"])
+    sample = median_room(rooms)
+    rows = await asyncio.to_thread(anatomy, sample, forkserver_of(worker.pid)) if sample else []
+    memory.room_threads = threads(sample) if sample else 0
+    return memory, rows
+
+
+def summary(r: Result) -> str:
+    uss = r.memory.room_uss.median if r.memory else None
+    return (
+        f"greeting p50 {num(r.greeting.p50_ms)} ms p99 {num(r.greeting.p99_ms)} ms ({r.greeting.failed} lost), "
+        f"reply p50 {num(r.reply.p50_ms)} ms, room USS {num(uss, '.1f')} MiB, back p50 {num(r.resume.p50_ms)} ms"
+    )
 
 
 async def kill_room(stack: Stack, deployment: Deployment, room: str) -> float:
     """SIGKILL the process serving ``room`` (checked to be one of the worker's); returns when, unix seconds."""
     worker = deployment.worker
-    status = await asyncio.to_thread(worker.status)
-    pids = [int(r["pid"]) for r in status["rooms"] if r["room"] == room and r.get("pid")]
+    rooms = (await asyncio.to_thread(status, worker))["rooms"]
+    pids = [int(r["pid"]) for r in rooms if r["room"] == room and r.get("pid")]
     family = {p.pid for p in await asyncio.to_thread(worker.descendants)}
     if len(pids) != 1 or pids[0] not in family:
-        raise BenchError(f"room {room}: no single process of the worker serves it ({pids})")
+        raise RoomNotKillable(f"the worker lists {len(pids)} processes serving it: {pids}")
     stack.remember(pids[0], f"room {room}")
     killed_at = time.time()
     os.kill(pids[0], signal.SIGKILL)
@@ -183,11 +251,12 @@ def result_of(
     cpu: dict[str, float],
     rows: list[tuple[str, float, float]],
     opened: list[Room],
+    errors: list[str] | None = None,
 ) -> Result:
     failed = samples.failed
     greeted = sum(r.greeted for r in opened)
-    errors = list(samples.errors)
-    if greeted < rooms:
+    errors = errors or list(samples.errors)
+    if opened and greeted < rooms:
         errors.insert(0, f"{rooms - greeted} of {rooms} rooms never greeted")
     return Result(
         key=config.key,
@@ -214,6 +283,7 @@ def judge(report: Report) -> None:
     if not ours:
         return
     main = TARGET_ROOMS if TARGET_ROOMS in ours else max(ours)
+    report.target_rooms = main
     report.targets = targets(ours[main])
     for rooms, result in sorted(ours.items()):
         if rooms != main:
@@ -221,7 +291,7 @@ def judge(report: Report) -> None:
 
 
 def targets(r: Result) -> list[Target]:
-    at = f"at {r.rooms} rooms"
+    """The targets; MB as the worker's /status counts them (MiB)."""
     uss = r.memory.room_uss if r.memory else None
     pss = r.memory.room_pss if r.memory else None
     uss_median = uss.median if uss and uss.median is not None else math.inf
@@ -233,27 +303,27 @@ def targets(r: Result) -> list[Target]:
     greeting_p50, greeting_p99, resume_p50 = ms(r.greeting.p50_ms), ms(r.greeting.p99_ms), ms(r.resume.p50_ms)
     return [
         Target(
-            f"room USS <= {ROOM_USS_MB} MB (median) {at}",
+            f"room USS <= {ROOM_USS_MB} MB (median)",
             f"{uss_median:.1f} MiB (max {uss.max if uss else '-'})",
             uss_median <= ROOM_USS_MB,
         ),
         Target(
-            f"room PSS <= {ROOM_PSS_MB} MB (median) {at}",
+            f"room PSS <= {ROOM_PSS_MB} MB (median)",
             f"{pss_median:.1f} MiB (max {pss.max if pss else '-'})",
             pss_median <= ROOM_PSS_MB,
         ),
         Target(
-            f"join -> greeting p50 <= {GREETING_P50_MS} ms {at}",
+            f"join -> greeting p50 <= {GREETING_P50_MS} ms",
             f"{greeting_p50:.0f} ms",
             greeting_p50 <= GREETING_P50_MS,
         ),
         Target(
-            f"join -> greeting p99 <= {GREETING_P99_MS / 1000:g} s {at}",
+            f"join -> greeting p99 <= {GREETING_P99_MS / 1000:g} s",
             f"{greeting_p99:.0f} ms",
             greeting_p99 <= GREETING_P99_MS,
         ),
         Target(
-            f"kill -9 -> back p50 <= {RESUME_P50_MS / 1000:g} s {at}",
+            f"kill -9 -> back p50 <= {RESUME_P50_MS / 1000:g} s",
             f"{resume_p50:.0f} ms",
             resume_p50 <= RESUME_P50_MS,
         ),
@@ -306,7 +376,7 @@ def raise_open_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def bench(counts: list[int], plan: Plan) -> Report:
+def bench(counts: list[int], keys: list[str], plan: Plan) -> Report:
     """Start everything, run, stop everything; the report says what was left running (nothing, or it failed)."""
     tag = uuid.uuid4().hex[:8]
     report = Report(describe(plan, counts), [])
@@ -318,7 +388,7 @@ def bench(counts: list[int], plan: Plan) -> Report:
             enter_private_network(stack)
             progress("starting livekit-server, Redis and PostgreSQL in a private network namespace")
             stack_ref.append(start_stack(stack, workdir, tag))
-            report.results = asyncio.run(run(stack_ref[0], plan, counts, report.header))
+            report.results = asyncio.run(run(stack_ref[0], plan, counts, keys, report.header))
     finally:
         if stack_ref:
             report.leftovers = leftovers(stack_ref[0])
@@ -332,8 +402,19 @@ def bench(counts: list[int], plan: Plan) -> Report:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rooms", default=None, help="room counts, comma-separated (default 10,50; --quick: 10)")
-    parser.add_argument("--messages", type=int, default=None, help="lines each participant sends (default 5)")
+    parser.add_argument(
+        "--messages", type=int, default=None, help=f"lines each participant sends (default {FULL.messages})"
+    )
+    parser.add_argument(
+        "--think", type=float, default=None, help=f"seconds before each line (default {FULL.think_s:g})"
+    )
+    parser.add_argument(
+        "--arrival", type=float, default=None, help=f"new rooms per second (default {FULL.arrival_per_s:g})"
+    )
     parser.add_argument("--quick", action="store_true", help="10 rooms, fewer lines and kills: about 2 minutes")
+    parser.add_argument(
+        "--configs", default=",".join(KEYS), help=f"configurations to run, comma-separated (default {','.join(KEYS)})"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     args = parser.parse_args()
     try:
@@ -341,11 +422,18 @@ def main() -> None:
         plan = QUICK if args.quick else FULL
         if args.messages is not None:
             plan = replace(plan, messages=max(1, args.messages))
+        if args.think is not None:
+            plan = replace(plan, think_s=max(0.0, args.think))
+        if args.arrival is not None:
+            plan = replace(plan, arrival_per_s=max(0.1, args.arrival))
         counts = parse_counts(args.rooms or ("10" if args.quick else "10,50"))
+        keys = [k.strip() for k in args.configs.split(",") if k.strip()]
+        if not keys or set(keys) - set(KEYS):
+            raise BenchError(f"--configs {args.configs}: choose among {', '.join(KEYS)}")
         become_subreaper()
         raise_open_files()
         logging.getLogger("livekit").addFilter(DataTrackNoise())
-        report = bench(counts, plan)
+        report = bench(counts, keys, plan)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -17,9 +17,6 @@ from bench.rooms_report import Memory, Spread
 MiB = 2**20
 KiB_PER_MiB = 1024
 STACK_KIB = 8192  # glibc's default thread stack: an anonymous mapping of exactly this size
-# glibc gives threads other than the main one malloc arenas of their own, reserved 64 MiB-aligned; the main
-# thread's malloc uses [heap], and Python's small objects live in its own 1 MiB arenas.
-ARENA_ALIGN = 64 * MiB
 INHERITED = "heap and anonymous pages of the forkserver's, written since"
 
 
@@ -85,15 +82,13 @@ def postgres_memory(postmaster: int) -> tuple[int, float]:
     return len(family) - 1, total
 
 
-def mapping_kind(path: str, start: int, size_kib: int) -> str:
+def mapping_kind(path: str, size_kib: int) -> str:
     if path == "":
         if size_kib == STACK_KIB:
             return "anonymous: thread stacks (8 MiB mappings)"
-        if start % ARENA_ALIGN == 0:
-            return "anonymous: malloc arenas of non-main threads"
-        return "anonymous: Python object arenas, large allocations"
+        return "anonymous, the room's own (Python objects, native heaps, model weights)"
     if path == "[heap]":
-        return "[heap] (brk: glibc's main malloc arena)"
+        return "[heap], the room's own (brk: the main thread's malloc)"
     if path.startswith("["):
         return "other kernel mappings ([stack], [vvar]...)"
     name = os.path.basename(path.split(" (deleted)")[0])
@@ -136,7 +131,7 @@ def anatomy(pid: int, parent: int | None) -> list[tuple[str, float, float]]:
             if path in ("", "[heap]") and inherited(start, end, parent_maps):
                 kind = INHERITED
             else:
-                kind = mapping_kind(path, start, (end - start) // 1024)
+                kind = mapping_kind(path, (end - start) // 1024)
         elif fields[0] in ("Private_Clean:", "Private_Dirty:"):
             uss[kind] += int(fields[1])
         elif fields[0] == "Pss:":
@@ -194,8 +189,20 @@ def cpu_snapshot(worker: int, servers: dict[str, int], flusher: int) -> dict[str
         "clients": own_cpu(),
         "livekit": tree_cpu(servers["livekit"]),
         "stores": tree_cpu(servers["redis"]) + tree_cpu(servers["postgres"]) + tree_cpu(flusher),
+        "machine": machine_busy(),
     }
 
 
+def machine_busy() -> float:
+    """CPU seconds every process of the machine has used since boot (all states but idle and iowait)."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + t.irq + t.softirq + t.steal)
+
+
 def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+    """Each party's CPU seconds between two snapshots; "others" is what the rest of the machine used (another
+    program running at the same time makes every latency here worse)."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    machine = spent.pop("machine")
+    spent["others"] = max(0.0, machine - sum(spent.values()))
+    return {k: round(v, 2) for k, v in spent.items()}

@@ -75,6 +75,7 @@ class Result:
     memory: Memory | None
     cpu_s: dict[str, float]  # CPU seconds of each party from the worker being ready to all rooms active
     seconds: float  # wall time of this configuration, worker start to worker gone
+    quiet_cpu_pct: dict[str, float] = field(default_factory=dict)  # % of a core with all rooms connected, silent
     anatomy: list[tuple[str, float, float]] = field(default_factory=list)  # (mapping kind, USS, PSS) of one room
     steps: list[tuple[str, Latency]] = field(default_factory=list)  # join -> greeting and kill -> back, by step
     errors: list[str] = field(default_factory=list)
@@ -91,7 +92,8 @@ class Target:
 class Report:
     header: dict[str, str]
     results: list[Result]
-    targets: list[Target] = field(default_factory=list)
+    targets: list[Target] = field(default_factory=list)  # ours, at target_rooms
+    target_rooms: int = 0
     held_at: dict[str, list[str]] = field(default_factory=dict)  # other room counts: the targets met there
     wall_s: float = 0.0
     leftovers: list[str] = field(default_factory=list)  # processes still alive after the clean-up (must be none)
@@ -147,6 +149,14 @@ ROWS: list[tuple[str, Callable[[Result], str]]] = [
     ("CPU s, clients (this process)", lambda r: num(r.cpu_s.get("clients"), ".1f")),
     ("CPU s, livekit-server", lambda r: num(r.cpu_s.get("livekit"), ".1f")),
     ("CPU s, Redis + PostgreSQL + flusher", lambda r: num(r.cpu_s.get("stores"), ".1f")),
+    ("CPU s, other programs on the machine", lambda r: num(r.cpu_s.get("others"), ".1f")),
+    (
+        "silent rooms: worker tree CPU % / room",
+        lambda r: num(r.quiet_cpu_pct["worker"] / r.rooms, ".2f") if r.quiet_cpu_pct else "-",
+    ),
+    ("silent rooms: clients CPU % (all)", lambda r: num(r.quiet_cpu_pct.get("clients"), ".1f")),
+    ("silent rooms: livekit-server CPU %", lambda r: num(r.quiet_cpu_pct.get("livekit"), ".1f")),
+    ("silent rooms: other programs CPU %", lambda r: num(r.quiet_cpu_pct.get("others"), ".1f")),
     ("wall s of this configuration", lambda r: num(r.seconds, ".0f")),
 ]
 
@@ -164,10 +174,10 @@ def render_table(report: Report) -> str:
     labels = {r.key: r.label for r in report.results}
     lines += ["configurations:"] + [f"  {key}: {label}" for key, label in labels.items()] + [""]
     lines += render_anatomy(report.results)
-    lines += ["targets:"]
+    lines += [f"targets (ours, at {report.target_rooms} rooms; MB as /status counts them, MiB):"]
     lines += [f"  [{'met' if t.met else 'NOT MET':>7}] {t.name:<52} {t.value}" for t in report.targets]
     for where, met in report.held_at.items():
-        lines += [f"  at {where}: " + ("; ".join(met) if met else "none held")]
+        lines += [f"  held at {where}: " + ("; ".join(met) if met else "none")]
     lines += ["", f"wall time: {report.wall_s:.0f} s; processes left after the clean-up: {len(report.leftovers)}"]
     return "\n".join(lines)
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from livekit.rtc._ffi_client import FfiClient
@@ -29,6 +32,16 @@ from tests.harness.servers import PostgresServer, RedisServer, free_port, wait_u
 ROOT = Path(__file__).resolve().parents[1]  # the worker imports bench.rooms_agent from here
 PR_SET_CHILD_SUBREAPER = 36
 DATABASE = "bench"
+# Each room's store holds at least one PostgreSQL connection: 100 rooms, re-dispatches and spare processes
+# need more than the test harness's 200.
+MAX_CONNECTIONS = 400
+
+
+class RoomsPostgres(PostgresServer):
+    """The test harness's PostgreSQL with room for every room's connection (it allows 200)."""
+
+    def _run(self, *args: str) -> None:
+        super()._run(*(a.replace("max_connections=200", f"max_connections={MAX_CONNECTIONS}") for a in args))
 
 
 @dataclass
@@ -113,9 +126,13 @@ def start_stack(stack: contextlib.ExitStack, workdir: Path, tag: str) -> Stack:
     redis_server = RedisServer()
     stack.callback(redis_server.close)
     redis_server.start()
-    pg = PostgresServer()
+    pg = RoomsPostgres()
     stack.callback(pg.close)
     pg.start()
+    with pg.connect() as conn:
+        row = conn.execute("SHOW max_connections").fetchone()
+    if row is None or int(str(row[0])) < MAX_CONNECTIONS:
+        raise BenchError(f"PostgreSQL runs with max_connections {row[0] if row else '?'}, {MAX_CONNECTIONS} needed")
     pg.create_database(DATABASE)
     with pg.connect(DATABASE) as conn:
         migrate(conn)
@@ -171,6 +188,13 @@ def deploy(stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spa
         raise
     stack.remember_tree(worker.pid, f"{name} worker")
     return deployment
+
+
+def status(worker: WorkerProcess, timeout: float = 60) -> dict[str, Any]:
+    """The worker's /status; patient, as it measures every room's memory (slow with many large processes)."""
+    url = f"http://127.0.0.1:{worker.settings.worker.status_port}/status"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
 
 
 def warm(worker: WorkerProcess, idle: int) -> bool:
