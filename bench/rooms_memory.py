@@ -17,7 +17,7 @@ from bench.rooms_report import Memory, Spread
 MiB = 2**20
 KiB_PER_MiB = 1024
 STACK_KIB = 8192  # glibc's default thread stack: an anonymous mapping of exactly this size
-INHERITED = "heap and anonymous pages of the forkserver's, written since"
+INHERITED = "the forkserver's heap and anonymous pages, written since"
 
 
 def kind_of(proc: psutil.Process, worker: int, rooms: set[int]) -> str:
@@ -86,14 +86,14 @@ def mapping_kind(path: str, size_kib: int) -> str:
     if path == "":
         if size_kib == STACK_KIB:
             return "anonymous: thread stacks (8 MiB mappings)"
-        return "anonymous, the room's own (Python objects, native heaps, model weights)"
+        return "anonymous, the room's own allocations"
     if path == "[heap]":
-        return "[heap], the room's own (brk: the main thread's malloc)"
+        return "[heap], the room's own (the main thread's malloc)"
     if path.startswith("["):
         return "other kernel mappings ([stack], [vvar]...)"
     name = os.path.basename(path.split(" (deleted)")[0])
     if "livekit_ffi" in name:
-        return "liblivekit_ffi.so (the rtc runtime's data, relocations)"
+        return "liblivekit_ffi.so (data, relocations)"
     if ".so" in name:
         return "other shared libraries (data, relocations)"
     return "other files"
