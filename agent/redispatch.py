@@ -73,6 +73,8 @@ class Redispatcher:
         """A room's process died abnormally: remove its ghost participant and dispatch the room again."""
         if not self.record_death(room, cause):
             return
+        # The agent that died proves the room's last dispatch completed: its grace period no longer applies.
+        await self.redis.delete(self._lock(room))
         if dead_identity:
             try:
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
@@ -84,12 +86,11 @@ class Redispatcher:
     async def dispatch(self, room: str, *, dead: str = "") -> bool:
         """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched.
 
-        The lock stays held after a dispatch, so no other worker dispatches the room again before our agent
-        has had time to join; ``dead`` is an agent identity known to be gone even if LiveKit still lists it.
+        The lock stays held for dispatch_grace_s after a dispatch, so no worker dispatches the room again before
+        its agent has had time to join; ``dead`` is an agent identity known to be gone even if LiveKit lists it.
         """
-        lock = f"{self.key_prefix}dispatch:{digest(room)}"
-        hold = max(10, int(self.settings.orphan_after_s * 3))
-        if not await self.redis.set(lock, "1", nx=True, ex=hold):
+        lock = self._lock(room)
+        if not await self.redis.set(lock, "1", nx=True, ex=max(1, round(self.settings.dispatch_grace_s))):
             return False  # another worker is dispatching this room
         busy = await self._agent_or_pending(room, dead)
         if busy:
@@ -101,6 +102,10 @@ class Redispatcher:
         )
         log.info("room %s dispatched again", room)
         return True
+
+    def _lock(self, room: str) -> str:
+        """Held by whoever dispatches the room, for the dispatch's grace period; shared by all workers."""
+        return f"{self.key_prefix}dispatch:{digest(room)}"
 
     async def _agent_or_pending(self, room: str, dead: str) -> str | None:
         """Why the room needs no dispatch (an agent in it, or one on its way), or None."""

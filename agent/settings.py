@@ -127,6 +127,9 @@ class WorkerSettings(Section):
     death_window_s: float = Field(600, gt=0)
     reconcile_every_s: float = Field(5, gt=0)  # how often rooms without an agent are looked for
     orphan_after_s: float = Field(5, ge=0)  # a room must lack an agent this long before it is dispatched again
+    # After a dispatch, the room is left alone this long for its agent to join (a loaded box can take a while):
+    # dispatching it again sooner could put two agents in it.
+    dispatch_grace_s: float = Field(60, ge=1)
 
 
 class ModelSettings(Section):

@@ -195,6 +195,7 @@ class Worker:
             if served.done():
                 exc = served.exception()
                 log.error("worker stopped: %s", brief(exc) if exc else "agent server returned")
+                await self.server.aclose()  # its idle room processes would otherwise keep us from exiting
                 return 1
             log.info("draining: no new rooms; active rooms have %ss", self.settings.worker.drain_timeout_s)
             try:
