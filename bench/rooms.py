@@ -63,7 +63,7 @@ from bench.rooms_stack import (  # noqa: E402
     undeploy,
     warm,
 )
-from bench.rooms_timeline import cold_open, read_timeline, steps  # noqa: E402
+from bench.rooms_timeline import cold_open, dispatched_twice, read_timeline, steps  # noqa: E402
 from tests.harness.livekit import binary  # noqa: E402
 from tests.harness.processes import WorkerProcess  # noqa: E402
 from tests.harness.servers import wait_until  # noqa: E402
@@ -193,7 +193,9 @@ async def measure_load(stack: Stack, deployment: Deployment, load: Load, config:
         stopped = f"stopped early: {type(exc).__name__}: {exc}"
         progress(f"{rooms} rooms, {config.key}: {stopped}")
     result = result_of(config, rooms, load.plan, load.samples, memory, cpu, rows, opened)
-    result.steps = steps(opened, read_timeline(deployment.timeline))
+    timeline = read_timeline(deployment.timeline)
+    result.steps = steps(opened, timeline)
+    result.dispatched_twice = dispatched_twice(opened, timeline)
     result.quiet_cpu_pct = quiet
     if stopped:
         result.errors.insert(0, stopped)

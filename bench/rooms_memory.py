@@ -31,7 +31,7 @@ def kind_of(proc: psutil.Process, worker: int, rooms: set[int]) -> str:
         return "resource tracker"
     if proc.ppid() == worker and "forkserver" in cmdline:
         return "forkserver"
-    return "idle"  # a prewarmed room process waiting for a room
+    return "idle"  # a room process the worker lists under no room: prewarmed and waiting, or closing
 
 
 def measure(worker: int, status_rooms: list[dict[str, Any]], postgres: int) -> Memory:

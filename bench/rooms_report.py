@@ -47,7 +47,7 @@ class Memory:
     room_pss: Spread
     room_uss: Spread
     rooms: int  # active room processes measured
-    idle: int  # prewarmed room processes waiting for a room
+    idle: int  # room processes the worker lists under no room: prewarmed ones waiting, and closing ones
     idle_pss: float
     idle_uss: float | None  # median of one idle process: what a room process costs before it has a room
     worker_pss: float  # the worker itself, the forkserver and any other helper (not room processes)
@@ -75,6 +75,7 @@ class Result:
     memory: Memory | None
     cpu_s: dict[str, float]  # CPU seconds of each party from the worker being ready to all rooms active
     seconds: float  # wall time of this configuration, worker start to worker gone
+    dispatched_twice: int = 0  # rooms given a second agent process while the first was alive
     quiet_cpu_pct: dict[str, float] = field(default_factory=dict)  # % of a core with all rooms connected, silent
     anatomy: list[tuple[str, float, float]] = field(default_factory=list)  # (mapping kind, USS, PSS) of one room
     steps: list[tuple[str, Latency]] = field(default_factory=list)  # join -> greeting and kill -> back, by step
@@ -129,13 +130,17 @@ ROWS: list[tuple[str, Callable[[Result], str]]] = [
     *latency_rows("send -> reply", lambda r: r.reply),
     *latency_rows('kill -9 -> "I\'m back"', lambda r: r.resume),
     ("  samples (kills)", lambda r: str(r.resume.samples + r.resume.failed)),
+    ("rooms given two agents (before any kill)", lambda r: str(r.dispatched_twice)),
     ("room USS MiB, median", memory_cell(lambda m: m.room_uss.median)),
     ("room USS MiB, max", memory_cell(lambda m: m.room_uss.max)),
     ("room PSS MiB, median", memory_cell(lambda m: m.room_pss.median)),
     ("room PSS MiB, max", memory_cell(lambda m: m.room_pss.max)),
     ("threads of the median room process", lambda r: str(r.memory.room_threads) if r.memory else "-"),
-    ("idle process USS MiB, median", memory_cell(lambda m: m.idle_uss)),
-    ("idle processes (PSS MiB, all)", lambda r: f"{r.memory.idle} ({r.memory.idle_pss:.0f})" if r.memory else "-"),
+    ("process without a room: USS MiB, median", memory_cell(lambda m: m.idle_uss)),
+    (
+        "processes without a room (PSS MiB, all)",
+        lambda r: f"{r.memory.idle} ({r.memory.idle_pss:.0f})" if r.memory else "-",
+    ),
     ("worker + forkserver PSS MiB", memory_cell(lambda m: m.worker_pss)),
     ("worker + forkserver USS MiB", memory_cell(lambda m: m.worker_uss)),
     ("total PSS MiB (worker tree)", memory_cell(lambda m: m.total_pss, ".0f")),

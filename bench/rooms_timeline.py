@@ -47,15 +47,26 @@ def read_timeline(path: Path) -> dict[str, list[Stamps]]:
 
 
 def steps(rooms: list[Room], timeline: dict[str, list[Stamps]]) -> list[tuple[str, Latency]]:
-    """Greeting steps of every greeted room (its first process), then resume steps of every killed room (its
-    next process)."""
+    """Greeting steps of every greeted room (its first process), then resume steps of every killed room (the
+    first process dispatched after the kill)."""
     first = [room.stamps | timeline[room.name][0] for room in rooms if room.greeted and timeline.get(room.name)]
-    revived = [
-        room.stamps | timeline[room.name][1]
-        for room in rooms
-        if "back" in room.stamps and len(timeline.get(room.name, [])) > 1
-    ]
+    revived = []
+    for room in rooms:
+        killed = room.stamps.get("killed")
+        after = [line for line in timeline.get(room.name, []) if killed and line["received"] >= killed]
+        if "back" in room.stamps and after:
+            revived.append(room.stamps | after[0])
     return durations(GREETING_STEPS, first) + durations(RESUME_STEPS, revived)
+
+
+def dispatched_twice(rooms: list[Room], timeline: dict[str, list[Stamps]]) -> int:
+    """Rooms that got a second agent process while their first was alive (before any kill): two agents in one
+    room, each answering every line."""
+    count = 0
+    for room in rooms:
+        killed = room.stamps.get("killed", float("inf"))
+        count += sum(line["received"] < killed for line in timeline.get(room.name, [])) > 1
+    return count
 
 
 async def cold_open(settings: AgentSettings, name: str, rounds: int = 10) -> Latency:
