@@ -121,15 +121,17 @@ class Redispatcher:
                 return f"dispatch {dispatch.id} has a pending job"
         return None
 
-    async def reconcile(self) -> None:
-        """Dispatch every room that has had humans and no agent for orphan_after_s."""
+    async def reconcile(self, serving: frozenset[str] | set[str] = frozenset()) -> None:
+        """Dispatch every room that has had humans and no agent for orphan_after_s. ``serving``: rooms this worker
+        already has a process for, whose agent may still be joining on a loaded box (LiveKit 1.9 shows no job
+        for a room's automatic dispatch, so only the worker knows)."""
         now = time.monotonic()
         rooms = await self.lkapi.room.list_rooms(api.ListRoomsRequest())
         seen: set[str] = set()
         for room in rooms.rooms:
             participants = await self.lkapi.room.list_participants(api.ListParticipantsRequest(room=room.name))
             kinds = [p.kind for p in participants.participants]
-            if AGENT_KIND in kinds or not kinds:
+            if AGENT_KIND in kinds or not kinds or room.name in serving:
                 continue
             seen.add(room.name)
             since = self._orphan_since.setdefault(room.name, now)

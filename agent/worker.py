@@ -181,7 +181,7 @@ class Worker:
             if self.server.draining:
                 return
             try:
-                await self.redispatcher.reconcile()
+                await self.redispatcher.reconcile(serving={room for room, *_ in self.room_processes()})
             except Exception as exc:  # LiveKit or Redis unreachable: try again next round
                 log.warning("reconcile failed: %s", brief(exc))
 
