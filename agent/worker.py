@@ -180,6 +180,8 @@ class Worker:
             await asyncio.sleep(self.settings.worker.reconcile_every_s)
             if self.server.draining:
                 return
+            if not self.server.id.startswith("AW_"):
+                continue  # not registered yet: LiveKit would drop a job dispatched now (no worker to take it)
             try:
                 await self.redispatcher.reconcile(serving={room for room, *_ in self.room_processes()})
             except Exception as exc:  # LiveKit or Redis unreachable: try again next round
