@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.figures import quantile
+from bench.figures import Target, quantile
 
 
 @dataclass
@@ -80,13 +80,6 @@ class Result:
     anatomy: list[tuple[str, float, float]] = field(default_factory=list)  # (mapping kind, USS, PSS) of one room
     steps: list[tuple[str, Latency]] = field(default_factory=list)  # join -> greeting and kill -> back, by step
     errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Target:
-    name: str
-    value: str
-    met: bool
 
 
 @dataclass
