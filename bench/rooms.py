@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # `bench` and `tests.harness` when run as `python bench/rooms.py`
 
 from bench.environment import BenchError  # noqa: E402
+from bench.figures import Target  # noqa: E402
 from bench.rooms_load import FULL, QUICK, Load, Plan, Room, RoomNotKillable, Samples, kill_sample  # noqa: E402
 from bench.rooms_memory import (  # noqa: E402
     anatomy,
@@ -48,7 +49,7 @@ from bench.rooms_memory import (  # noqa: E402
     median_room,
     threads,
 )
-from bench.rooms_report import Latency, Memory, Report, Result, Target, num, render_json, render_table  # noqa: E402
+from bench.rooms_report import Latency, Memory, Report, Result, num, render_json, render_table  # noqa: E402
 from bench.rooms_stack import (  # noqa: E402
     Deployment,
     Stack,
