@@ -20,8 +20,8 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRETS_NAME = "secrets.toml"
-# The control plane keeps its own settings under this table; the data plane leaves it alone.
-CONTROL_SECTION = "control"
+# The control plane keeps its own settings under these tables; the data plane leaves them alone.
+CONTROL_SECTIONS = ("control", "livekit_server")
 
 
 class Section(BaseModel):
@@ -217,8 +217,9 @@ def load_settings(model: type[S]) -> S:
     environ = os.environ
     cfg_file, sec_file = config_path(environ), secrets_path(environ)
     values = _read_toml(cfg_file, required="APPLIANCE_CONFIG" in environ)
-    if CONTROL_SECTION not in model.model_fields:
-        values.pop(CONTROL_SECTION, None)
+    for section in CONTROL_SECTIONS:
+        if section not in model.model_fields:
+            values.pop(section, None)
     secret_fields = secret_paths(model)
     errors = [
         f"{path}: secrets are not allowed in {cfg_file.name}; put it in {sec_file} (mode 0600)"

@@ -2,23 +2,76 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
 
 from agent.settings import AgentSettings, Section, load_settings
 
 
 class ControlSettings(Section):
-    """The control plane's own paths; later issues add more."""
+    """Who runs the appliance, what this box runs, and where its files live."""
 
+    # The unprivileged user every program runs as (supervisord too, under systemd).
+    user: str = Field("appliance", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    # "all": Redis, PostgreSQL, (LiveKit,) flusher and worker on this box; "worker": flusher and worker only,
+    # pointed at a shared Redis, PostgreSQL and LiveKit (several boxes, one cluster).
+    role: Literal["all", "worker"] = "all"
     data_dir: Path = Path("/var/lib/appliance")
     log_dir: Path = Path("/var/log/appliance")
     run_dir: Path = Path("/run/appliance")
+    unit_dir: Path = Path("/etc/systemd/system")
+    # The second worker a graceful restart starts before the first one drains: its own loopback ports.
+    alt_health_port: int = Field(8083, ge=1, le=65535)
+    alt_status_port: int = Field(8084, ge=1, le=65535)
+
+
+class LiveKitServerSettings(Section):
+    """The bundled single-node livekit-server, run when role is "all" and no external LiveKit is configured."""
+
+    enabled: bool = True
+    bin: Path = Path("/opt/appliance/bin/livekit-server")
+    # Signalling (HTTP/WebSocket) and WebRTC ports: the only ones that face clients (all others are loopback).
+    port: int = Field(7880, ge=1, le=65535)
+    rtc_tcp_port: int = Field(7881, ge=0, le=65535)
+    rtc_udp_port: int = Field(7882, ge=1, le=65535)
+    # The address clients reach this box at; empty: livekit-server picks this box's first address.
+    node_ip: str = ""
+    # The public name TLS is terminated for (see README); informational for the summary and the token command.
+    domain: str = ""
+    # Everything on 127.0.0.1, ICE on loopback, no STUN: for tests and trials on one box.
+    loopback_only: bool = False
+
+    @field_validator("node_ip")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        if value:
+            ipaddress.ip_address(value)
+        return value
 
 
 class ApplianceSettings(AgentSettings):
-    """Everything the control plane reads: the data plane's sections, validated too, and ``control``."""
+    """Everything the control plane reads: the data plane's sections, validated too, and its own."""
 
     control: ControlSettings = ControlSettings()
+    livekit_server: LiveKitServerSettings = LiveKitServerSettings()
+
+    @model_validator(mode="after")
+    def _bundled_livekit_is_for_role_all(self) -> Self:
+        if self.control.role == "worker" and self.livekit_server.enabled:
+            raise ValueError("livekit_server.enabled: a worker-role box uses a shared LiveKit; set it to false")
+        return self
+
+    @property
+    def bundles_livekit(self) -> bool:
+        return self.control.role == "all" and self.livekit_server.enabled
+
+    @property
+    def runs_stores(self) -> bool:
+        """Whether Redis and PostgreSQL run on this box (role "all") or are shared ones elsewhere."""
+        return self.control.role == "all"
 
 
 def load() -> ApplianceSettings:
