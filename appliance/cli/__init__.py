@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import chat, config, db, token
+from appliance.cli import chat, config, db, forget, token
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -121,6 +121,7 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
 main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)
+main.add_command(forget.forget)
 main.add_command(token.token)
 
 

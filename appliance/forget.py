@@ -1,0 +1,311 @@
+"""Forget a conversation: delete its messages and its record from every tier, spool files included.
+
+The order matters because the flusher copies the write-ahead stream and the spool into PostgreSQL: their entries
+of the conversation go first, PostgreSQL is cleared only once no flusher can still hold one of them in memory,
+and the Redis keys (caches nobody copies) go last. A conversation a room is still writing can come back: forget
+it once its room has ended.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from redis.client import Pipeline
+from redis.exceptions import ResponseError
+
+from agent.settings import AgentSettings
+from agent.store.keys import GROUP, Keys, digest
+from agent.store.records import check_id
+from agent.store.spool import Spool
+from appliance.errors import ApplianceError
+from appliance.stores import on_redis, postgres_connection, redis_client
+
+CHUNK = 1000
+# A spool file is locked by its writer for one fsynced line, by the flusher for one import.
+SPOOL_LOCK_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Forgotten:
+    """What was removed, per tier."""
+
+    conversation_id: str
+    status: str | None = None  # its status in PostgreSQL before, when it was there
+    postgres_messages: int = 0
+    postgres_conversation: bool = False
+    stream_entries: int = 0  # messages and events still waiting for the flusher
+    dead_letters: int = 0
+    redis_keys: int = 0  # the cached list and the room's mapping
+    spool_lines: int = 0
+    spool_files: int = 0  # rewritten or removed
+    rooms: set[str] = field(default_factory=set)
+
+    @property
+    def found(self) -> bool:
+        return any(
+            (
+                self.postgres_messages,
+                self.postgres_conversation,
+                self.stream_entries,
+                self.dead_letters,
+                self.redis_keys,
+                self.spool_lines,
+            )
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "conversation": self.conversation_id,
+            "postgres": {"messages": self.postgres_messages, "conversation": self.postgres_conversation},
+            "redis": {
+                "stream_entries": self.stream_entries,
+                "dead_letters": self.dead_letters,
+                "keys": self.redis_keys,
+            },
+            "spool": {"lines": self.spool_lines, "files": self.spool_files},
+        }
+
+
+def forget(settings: AgentSettings, conversation_id: str, *, flusher_wait_s: float | None = None) -> Forgotten:
+    """Delete ``conversation_id`` from every tier and say what was removed.
+
+    ``flusher_wait_s`` bounds the wait for a flusher to finish a batch holding the conversation's entries
+    (default: the flusher's claim_idle_ms, after which a consumer counts as dead).
+    """
+    check_id("conversation_id", conversation_id)
+    out = Forgotten(conversation_id)
+    keys = Keys(settings.store.key_prefix)
+    wait_s = settings.flusher.claim_idle_ms / 1000 + 5 if flusher_wait_s is None else flusher_wait_s
+    client = redis_client(settings.redis)
+    try:
+        held = on_redis(settings.redis, lambda: _drop_stream_entries(client, keys, out))
+        _drop_spooled(Spool(settings.store.spool_dir), out)
+        on_redis(
+            settings.redis,
+            lambda: _wait_released(client, keys, held, dead_after_ms=settings.flusher.claim_idle_ms, wait_s=wait_s),
+        )
+        _drop_postgres(settings, out)
+        on_redis(settings.redis, lambda: _drop_redis_keys(client, keys, out))
+    finally:
+        client.close()
+    return out
+
+
+def _drop_stream_entries(client: redis.Redis, keys: Keys, out: Forgotten) -> set[str]:
+    """XDEL the conversation's entries still in the write-ahead stream; returns their ids."""
+    wanted = digest(out.conversation_id).encode()
+    ids: list[str] = []
+    for entry_id, fields in _scan(client, keys.stream):
+        kind = fields.get(b"k")
+        if kind == b"m" and fields.get(b"h") == wanted:
+            ids.append(entry_id)
+        elif kind == b"c" and _belongs(_conversation_of(fields.get(b"v", b"")), out):
+            ids.append(entry_id)
+    for start in range(0, len(ids), CHUNK):
+        out.stream_entries += int(client.xdel(keys.stream, *ids[start : start + CHUNK]))
+    return set(ids)
+
+
+def _wait_released(client: redis.Redis, keys: Keys, ids: set[str], *, dead_after_ms: int, wait_s: float) -> None:
+    """Wait until no living flusher can hold a deleted entry in memory, about to commit it to PostgreSQL.
+
+    Delivered entries stay in the group's pending list until the flusher committed and acknowledged them; a
+    flusher that reads them again after XDEL gets them empty and only acknowledges them. So an entry is safe
+    once it left that list, or once its consumer has been idle longer than the flusher's claim_idle_ms (its
+    own sign of a dead consumer).
+    """
+    deadline = time.monotonic() + wait_s
+    while ids:
+        try:
+            pipe = client.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.xpending_range(keys.stream, GROUP, min=entry_id, max=entry_id, count=1)
+            pending: list[Any] = [row for rows in pipe.execute() for row in rows]
+            if not pending:
+                return
+            idle = {c["name"]: int(c["idle"]) for c in client.xinfo_consumers(keys.stream, GROUP)}
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                return  # no group: no flusher has read anything
+            raise
+        alive = {_text(p["message_id"]) for p in pending if idle.get(p["consumer"], dead_after_ms) < dead_after_ms}
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            raise ApplianceError(
+                f"a flusher still holds {len(alive)} entries of this conversation after {wait_s:.0f}s:"
+                " is it stuck? check `appliance status`, then run forget again"
+            )
+        time.sleep(0.05)
+
+
+def _drop_spooled(spool: Spool, out: Forgotten) -> None:
+    """Rewrite each spool file without the conversation's lines, under the file's lock, atomically."""
+    for path in spool.files():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # imported and removed meanwhile
+        try:
+            _lock(fd, path)
+            info = os.fstat(fd)
+            if info.st_nlink == 0:
+                continue  # the flusher imported it while we waited: PostgreSQL has it, cleared next
+            kept: list[bytes] = []
+            dropped = 0
+            for line in _read_all(fd).splitlines(keepends=True):
+                if _belongs(_spooled_conversation(line), out):
+                    dropped += 1
+                else:
+                    kept.append(line)
+            if not dropped:
+                continue
+            if any(line.strip() for line in kept):
+                _replace(path, b"".join(kept), info)
+            else:
+                path.unlink()
+            _fsync_dir(path.parent)
+            out.spool_lines += dropped
+            out.spool_files += 1
+        finally:
+            os.close(fd)  # releases the lock: a writer waiting on the old file sees it unlinked and reopens
+
+
+def _drop_postgres(settings: AgentSettings, out: Forgotten) -> None:
+    with postgres_connection(settings.postgres) as conn, conn.transaction():
+        # The row lock waits for a flusher's transaction that already touched the conversation to commit, so its
+        # messages are deleted too rather than landing after us.
+        row = conn.execute(
+            "SELECT status, room FROM conversations WHERE id = %s FOR UPDATE", (out.conversation_id,)
+        ).fetchone()
+        if row is not None:
+            out.status = str(row[0])
+            if row[1] is not None:
+                out.rooms.add(str(row[1]))
+        out.postgres_messages = conn.execute(
+            "DELETE FROM messages WHERE conversation_id = %s", (out.conversation_id,)
+        ).rowcount
+        deleted = conn.execute("DELETE FROM conversations WHERE id = %s", (out.conversation_id,)).rowcount
+        out.postgres_conversation = deleted > 0
+
+
+def _drop_redis_keys(client: redis.Redis, keys: Keys, out: Forgotten) -> None:
+    """Its dead letters, the cached list, and the mapping of each of its rooms that still names it."""
+    dead = [entry_id for entry_id, fields in _scan(client, keys.dead) if _dead_letter_of(fields, out)]
+    for start in range(0, len(dead), CHUNK):
+        out.dead_letters += int(client.xdel(keys.dead, *dead[start : start + CHUNK]))
+    out.redis_keys += int(client.delete(keys.conversation(out.conversation_id)))
+    for room in sorted(out.rooms):
+        room_key = keys.room(room)
+
+        def drop_mapping(pipe: Pipeline, room_key: str = room_key) -> None:
+            if pipe.hget(room_key, "id") == out.conversation_id.encode():
+                pipe.multi()
+                pipe.delete(room_key)
+
+        out.redis_keys += sum(client.transaction(drop_mapping, room_key) or [])
+
+
+def _scan(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict[bytes, bytes]]]:
+    start = "-"
+    while True:
+        entries: Any = client.xrange(stream, min=start, max="+", count=CHUNK)
+        for raw_id, fields in entries:
+            yield _text(raw_id), fields or {}
+        if len(entries) < CHUNK:
+            return
+        start = "(" + _text(entries[-1][0])
+
+
+def _conversation_of(raw: bytes) -> tuple[str | None, str | None]:
+    """(conversation id, room) of an encoded message or event; Nones when it is not one."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(value, dict) or not isinstance(value.get("c"), str):
+        return None, None
+    room = value.get("room")
+    return value["c"], room if isinstance(room, str) else None
+
+
+def _spooled_conversation(line: bytes) -> tuple[str | None, str | None]:
+    """The same for a spool line: {"k": "m"|"c", "v": record}."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(record, dict) or record.get("k") not in ("m", "c") or not isinstance(record.get("v"), dict):
+        return None, None
+    return _conversation_of(orjson.dumps(record["v"]))
+
+
+def _belongs(found: tuple[str | None, str | None], out: Forgotten) -> bool:
+    """Whether a record is the conversation's; notes the room of its events."""
+    conversation, room = found
+    if conversation != out.conversation_id:
+        return False
+    if room is not None:
+        out.rooms.add(room)
+    return True
+
+
+def _dead_letter_of(fields: dict[bytes, bytes], out: Forgotten) -> bool:
+    """Dead letters hold an entry's encoded record, or a whole spool line."""
+    raw = fields.get(b"v", b"")
+    return _belongs(_conversation_of(raw), out) or _belongs(_spooled_conversation(raw), out)
+
+
+def _lock(fd: int, path: Path) -> None:
+    deadline = time.monotonic() + SPOOL_LOCK_TIMEOUT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise ApplianceError(f"{path}: locked for {SPOOL_LOCK_TIMEOUT_S:.0f}s; run forget again") from None
+            time.sleep(0.02)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replace(path: Path, data: bytes, like: os.stat_result) -> None:
+    """Write ``data`` to a temporary name the flusher does not import, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.forget")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, like.st_uid, like.st_gid)  # the service user must still be able to import it
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

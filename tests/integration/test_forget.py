@@ -1,0 +1,220 @@
+"""``appliance forget``: a conversation leaves every tier (PostgreSQL, the Redis list, the room's mapping, the
+write-ahead stream, dead letters, the spool) and a running flusher does not write it back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from agent.flusher import Flusher
+from agent.settings import AgentSettings
+from agent.store.keys import GROUP, Keys, digest
+from agent.store.records import Message, new_message
+from agent.store.spool import Spool
+from agent.store.store import Conversation, ConversationStore
+from appliance.cli import main
+from appliance.errors import ApplianceError
+from appliance.forget import forget
+from tests.harness.inspect import backlog, conversation_status, stored_ids
+from tests.harness.processes import FlusherProcess, settings_env
+from tests.harness.servers import RedisServer, wait_until
+
+
+def spooled(store: ConversationStore, conversation_id: str, content: str) -> Message:
+    """A message written to the spool, as the store does when Redis and PostgreSQL are both down."""
+    message = new_message(conversation_id, "user", "u", content, max_content_bytes=1000, max_metadata_bytes=1000)
+    store.spool.write_message(message)
+    return message
+
+
+def flush_everything(settings: AgentSettings, redis_server: RedisServer, workdir: Path) -> None:
+    flusher = FlusherProcess(settings, workdir).start()
+    try:
+        wait_until(lambda: backlog(redis_server.client(), settings) == 0, 30, "the stream drained")
+        wait_until(lambda: not Spool(settings.store.spool_dir).files(), 30, "the spool imported")
+    finally:
+        assert flusher.terminate() == 0
+
+
+def stream_conversations(redis_server: RedisServer, settings: AgentSettings) -> set[bytes]:
+    entries: Any = redis_server.client().xrange(Keys(settings.store.key_prefix).stream)
+    return {fields[b"h"] for _id, fields in entries if fields.get(b"k") == b"m"}
+
+
+async def in_every_tier(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path, *rooms: str
+) -> list[tuple[Conversation, list[Message]]]:
+    """Conversations with messages in PostgreSQL, in the stream (not flushed yet) and in the spool."""
+    made = []
+    for room in rooms:
+        conv = await store.open(room)
+        made.append((conv, [await conv.append("user", "u", f"{room} flushed {i}") for i in range(3)]))
+    flush_everything(settings, redis_server, tmp_path / "flusher")
+    for conv, sent in made:
+        sent += [await conv.append("assistant", "agent", f"{conv.room} waiting {i}") for i in range(2)]
+        sent.append(spooled(store, conv.id, f"{conv.room} spooled"))
+    return made
+
+
+async def test_forget_removes_it_from_every_tier_and_nothing_comes_back(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    (doomed, _), (kept, kept_sent) = await in_every_tier(store, settings, redis_server, tmp_path, "doomed", "kept")
+    keys = Keys(settings.store.key_prefix)
+    client = redis_server.client()
+    client.xadd(keys.dead, {"entry": "1-1", "reason": "test", "v": doomed.window[0].encode()})
+    client.xadd(keys.dead, {"entry": "1-2", "reason": "test", "v": kept.window[0].encode()})
+
+    removed = forget(settings, doomed.id)
+
+    assert removed.as_dict() == {
+        "conversation": doomed.id,
+        "postgres": {"messages": 3, "conversation": True},
+        "redis": {"stream_entries": 2, "dead_letters": 1, "keys": 2},  # the list and the room's mapping
+        "spool": {"lines": 1, "files": 1},
+    }
+    assert stored_ids(settings, doomed.id) == []
+    assert conversation_status(settings, doomed.id) is None
+    assert not client.exists(keys.conversation(doomed.id), keys.room("doomed"))
+    assert stream_conversations(redis_server, settings) == {digest(kept.id).encode()}
+    assert Spool(settings.store.spool_dir).messages_for(doomed.id) == []
+    assert [m.content for m in Spool(settings.store.spool_dir).messages_for(kept.id)] == ["kept spooled"]
+    assert len(Spool(settings.store.spool_dir).files()) == 1  # one file held both: rewritten without doomed's line
+    assert client.xlen(keys.dead) == 1
+
+    flush_everything(settings, redis_server, tmp_path / "after")
+
+    assert stored_ids(settings, doomed.id) == []
+    assert conversation_status(settings, doomed.id) is None
+    assert stored_ids(settings, kept.id) == sorted(m.id for m in kept_sent)
+    again = await store.open("doomed")  # the room's name now starts a new, empty conversation
+    assert again.id != doomed.id
+    assert list(again.window) == []
+
+
+async def test_a_running_flusher_does_not_write_it_back(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    doomed = await store.open("doomed")
+    kept = await store.open("kept")
+    kept_sent = []
+    for i in range(3000):  # a backlog the flusher is still draining, batch by batch, while forget runs
+        await doomed.append("user", "u", f"doomed {i}")
+        kept_sent.append(await kept.append("user", "u", f"kept {i}"))
+    spooled(store, doomed.id, "doomed spooled")
+    flusher = FlusherProcess(settings, tmp_path, {"APPLIANCE_FLUSHER__BATCH_SIZE": "50"}).start(ready=False)
+    try:
+        wait_until(lambda: stored_ids(settings, doomed.id), 30, "the flusher started on the backlog")
+        removed = forget(settings, doomed.id)
+        assert removed.stream_entries > 0  # it really raced with the flusher
+        wait_until(lambda: backlog(redis_server.client(), settings) == 0, 60, "the stream drained")
+        wait_until(lambda: not Spool(settings.store.spool_dir).files(), 30, "the spool imported")
+        flusher.running()
+    finally:
+        assert flusher.terminate() == 0
+    assert stored_ids(settings, doomed.id) == []
+    assert conversation_status(settings, doomed.id) is None
+    assert stored_ids(settings, kept.id) == [m.id for m in kept_sent]
+
+
+async def test_forget_waits_for_a_batch_the_flusher_holds_then_deletes_what_it_committed(
+    store: ConversationStore, settings: AgentSettings
+) -> None:
+    conv = await store.open("doomed")
+    sent = [await conv.append("user", "u", f"m{i}") for i in range(5)]
+    flusher = Flusher(settings, consumer="holding")
+    await flusher.pool.open()
+    try:
+        await flusher.ensure_group()
+        held = await flusher.read_batch(block=False)  # in the flusher's memory, about to be committed
+        assert [e.entry_id for e in held if isinstance(e.record, Message)] and len(held) == len(sent)
+        forgetting = asyncio.create_task(asyncio.to_thread(forget, settings, conv.id))
+        await asyncio.sleep(0.3)
+        assert not forgetting.done()  # waits for the batch rather than clearing PostgreSQL under it
+        await flusher.flush(held)
+        removed = await forgetting
+    finally:
+        await flusher.pool.close()
+        await flusher.redis.aclose()
+    assert removed.stream_entries == 5
+    assert removed.postgres_messages == 5  # what the flusher committed meanwhile
+    assert stored_ids(settings, conv.id) == []
+    assert conversation_status(settings, conv.id) is None
+
+
+async def test_entries_a_dead_consumer_left_pending_are_not_written_later(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    conv = await store.open("doomed")
+    for i in range(5):
+        await conv.append("user", "u", f"m{i}")
+    client = redis_server.client()
+    stream = Keys(settings.store.key_prefix).stream
+    client.xgroup_create(stream, GROUP, id="0")
+    client.xreadgroup(GROUP, "died-mid-batch", {stream: ">"})  # read, never acknowledged
+
+    forget(settings, conv.id)  # waits at most claim_idle_ms (1 s here) for that consumer
+
+    flusher = FlusherProcess(settings, tmp_path).start()  # claims the dead consumer's entries: they are empty
+    try:
+        wait_until(lambda: not client.xpending(stream, GROUP)["pending"], 30, "the stale entries claimed")
+    finally:
+        assert flusher.terminate() == 0
+    assert stored_ids(settings, conv.id) == []
+    assert conversation_status(settings, conv.id) is None
+
+
+async def test_a_live_flusher_that_keeps_its_entries_makes_forget_fail_before_postgres(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer
+) -> None:
+    conv = await store.open("doomed")
+    await conv.append("user", "u", "hello")
+    client = redis_server.client()
+    stream = Keys(settings.store.key_prefix).stream
+    client.xgroup_create(stream, GROUP, id="0")
+    client.xreadgroup(GROUP, "stuck", {stream: ">"})
+    stop = threading.Event()
+
+    def look_alive() -> None:  # reads again and again, never acknowledges: a flusher stuck in its batch
+        while not stop.wait(0.1):
+            client.xreadgroup(GROUP, "stuck", {stream: ">"}, count=1)
+
+    alive = threading.Thread(target=look_alive)
+    alive.start()
+    try:
+        with pytest.raises(ApplianceError, match="a flusher still holds 1 entries of this conversation"):
+            forget(settings, conv.id, flusher_wait_s=0.5)
+    finally:
+        stop.set()
+        alive.join()
+    assert conversation_status(settings, conv.id) == "active"  # PostgreSQL untouched: run forget again
+    client.xack(stream, GROUP, *[p["message_id"] for p in client.xpending_range(stream, GROUP, "-", "+", 10)])
+    assert forget(settings, conv.id).postgres_conversation
+
+
+async def test_cli_asks_then_prints_what_it_removed(
+    store: ConversationStore, settings: AgentSettings, tmp_path: Path
+) -> None:
+    conv = await store.open("room")
+    await conv.append("user", "u", "hello")
+    env = settings_env(settings, tmp_path / "cli")
+    runner = CliRunner()
+
+    refused = runner.invoke(main, ["forget", conv.id], input="n\n", env=env)
+    assert refused.exit_code == 1
+    assert conversation_status(settings, conv.id) == "active"
+
+    done = runner.invoke(main, ["forget", conv.id, "--yes", "--json"], env=env)
+    assert done.exit_code == 0, done.output
+    assert '"stream_entries": 1' in done.stdout
+    assert "note: the conversation was active" in done.stderr
+    assert conversation_status(settings, conv.id) is None
+
+    again = runner.invoke(main, ["forget", conv.id, "--yes"], env=env)
+    assert again.exit_code == 1
+    assert again.stderr == f"error: conversation {conv.id!r}: nothing stored in any tier (check the id)\n"
