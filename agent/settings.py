@@ -163,6 +163,15 @@ class LiveKitSettings(Section):
     api_secret: SecretStr | None = None
 
 
+class LoggingSettings(Section):
+    """How the worker and the flusher write their lines (supervisord carries them to the journal or to files)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # True: "<N>" syslog levels and no time, for journald; false: timestamped plain lines, for files.
+    # "auto": the journal's format when stderr is connected to journald. The control plane sets it per program.
+    journal: bool | Literal["auto"] = "auto"
+
+
 class AgentSettings(BaseSettings):
     """Everything the data plane runs on."""
 
@@ -175,6 +184,7 @@ class AgentSettings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
     livekit: LiveKitSettings = LiveKitSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -209,14 +219,16 @@ def secrets_path(environ: Mapping[str, str]) -> Path:
     return Path(environ.get("APPLIANCE_SECRETS", str(default)))
 
 
-def load_settings(model: type[S]) -> S:
+def load_settings(model: type[S], *, config_file: Path | None = None, secrets_file: Path | None = None) -> S:
     """Load ``model`` from the TOML file, the secrets file and the environment, or raise SettingsError.
 
-    The paths come from APPLIANCE_CONFIG and APPLIANCE_SECRETS (default: secrets.toml beside the config).
+    The paths come from APPLIANCE_CONFIG and APPLIANCE_SECRETS (default: secrets.toml beside the config), unless
+    given (the installer checks candidate files before it writes them).
     """
     environ = os.environ
-    cfg_file, sec_file = config_path(environ), secrets_path(environ)
-    values = _read_toml(cfg_file, required="APPLIANCE_CONFIG" in environ)
+    cfg_file = config_file or config_path(environ)
+    sec_file = secrets_file or (cfg_file.parent / SECRETS_NAME if config_file else secrets_path(environ))
+    values = _read_toml(cfg_file, required=config_file is not None or "APPLIANCE_CONFIG" in environ)
     for section in CONTROL_SECTIONS:
         if section not in model.model_fields:
             values.pop(section, None)
@@ -227,7 +239,7 @@ def load_settings(model: type[S]) -> S:
         for path in _leaf_paths(values)
         if path in secret_fields
     ]
-    secrets = _read_secrets(sec_file, required="APPLIANCE_SECRETS" in environ)
+    secrets = _read_secrets(sec_file, required=secrets_file is not None or "APPLIANCE_SECRETS" in environ)
     known = {path for path, _ in _fields(model)}
     errors += [
         f"{path}: {sec_file.name} holds only secrets; put this setting in {cfg_file.name}"

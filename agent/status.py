@@ -55,6 +55,8 @@ class StatusServer:
         counters = self.worker.redispatcher.counters
         return {
             "worker_id": self.worker.server.id,
+            # livekit-agents names its worker "unregistered" until LiveKit accepted it.
+            "registered": self.worker.server.id != "unregistered",
             "draining": self.worker.server.draining,
             "rooms": [
                 {"room": room, "conversation": conversation, "job_id": job_id, "pid": pid, **mem}

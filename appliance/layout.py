@@ -12,8 +12,7 @@ from pathlib import Path
 
 from agent.settings import SECRETS_NAME, config_path
 from appliance.settings import ApplianceSettings
-
-UNIT_NAME = "appliance.service"
+from appliance.unit import UNIT_NAME
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,107 @@
+"""``appliance install`` and ``appliance reconfigure``: one idempotent path that brings the box to its settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from appliance.cli import App
+
+_MARKS = {"unchanged": " ", "healthy": "✓"}
+
+
+@click.command()
+@click.option(
+    "--role", type=click.Choice(["all", "worker"]), help="all: the whole appliance; worker: flusher and worker only."
+)
+@click.option("--livekit-url", help="Use this external LiveKit (ws:// or wss://) instead of the bundled one.")
+@click.option("--livekit-api-key", help="The external LiveKit's API key.")
+@click.option("--livekit-api-secret", help="The external LiveKit's API secret (stored in secrets.toml).")
+@click.option(
+    "--livekit-server-bin",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A livekit-server binary to install as the bundled LiveKit.",
+)
+@click.option("--node-ip", help="The address clients reach the bundled LiveKit at.")
+@click.option("--domain", help="The public name of the bundled LiveKit (TLS in front, see README).")
+@click.option("--yes", is_flag=True, help="Do not ask; for scripts.")
+@click.pass_obj
+def install(
+    app: App,
+    *,
+    role: str | None,
+    livekit_url: str | None,
+    livekit_api_key: str | None,
+    livekit_api_secret: str | None,
+    livekit_server_bin: Path | None,
+    node_ip: str | None,
+    domain: str | None,
+    yes: bool,
+) -> None:
+    """Install or update the appliance: user, directories, secrets, configs, supervisord, database; then start
+    it and wait until it is healthy. Safe to rerun: a second run changes and restarts nothing."""
+    from agent.settings import config_path
+    from appliance.install import InstallOptions
+
+    if livekit_url and not (livekit_api_key and livekit_api_secret):
+        raise click.UsageError("--livekit-url needs --livekit-api-key and --livekit-api-secret")
+    if os.geteuid() != 0:
+        raise click.UsageError("run as root (sudo appliance install): it creates a user and system files")
+    if not yes and not click.confirm(f"Install the appliance (config {config_path(os.environ)})?", default=True):
+        app.exit(1)
+    options = InstallOptions(
+        config_file=config_path(os.environ),
+        role=role,
+        livekit_url=livekit_url,
+        livekit_api_key=livekit_api_key,
+        livekit_api_secret=livekit_api_secret,
+        livekit_server_bin=livekit_server_bin,
+        node_ip=node_ip,
+        domain=domain,
+    )
+    _run(app, options)
+
+
+@click.command()
+@click.pass_obj
+def reconfigure(app: App) -> None:
+    """Apply edited settings and recompute what depends on this box (PostgreSQL memory, the unit's limits);
+    restarts only the programs whose inputs changed (the worker gracefully)."""
+    from agent.settings import config_path
+    from appliance.install import InstallOptions
+
+    if os.geteuid() != 0:
+        raise click.UsageError("run as root (sudo appliance reconfigure)")
+    _run(app, InstallOptions(config_file=config_path(os.environ)))
+
+
+def _run(app: App, options: object) -> None:
+    import time
+
+    from appliance.install import InstallOptions, install
+
+    assert isinstance(options, InstallOptions)
+    began = time.monotonic()
+
+    def report(outcome: str, what: str) -> None:
+        app.message(f"  {outcome:<10} {what}")
+
+    outcome = install(options, report)
+    layout = outcome.layout
+    app.message(
+        f"done in {time.monotonic() - began:.1f} s"
+        + (
+            f"; restarted: {', '.join(outcome.restarted)}"
+            if outcome.restarted
+            else "; nothing restarted"
+            if not outcome.started
+            else ""
+        )
+    )
+    app.message(f"config:  {layout.config_file} (secrets in {layout.secrets_file})")
+    app.message(f"logs:    `appliance logs [PROGRAM] [-f]` ({layout.log_dir} or the journal)")
+    app.message("next:    `appliance status`, `appliance chat ROOM`, `appliance token ROOM IDENTITY`")

@@ -1,0 +1,217 @@
+"""The service configs rendered from the templates in config/: what each file holds and which programs read it."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from appliance.layout import Layout
+from appliance.resources import resource_path
+from appliance.settings import ApplianceSettings
+from appliance.tuning import postgres_tuning
+from appliance.unit import worker_stopwaitsecs
+
+# Where journald takes programs' streams; systemd-cat needs it.
+JOURNAL_SOCKET = Path("/run/systemd/journal/stdout")
+WORKERS = ("worker", "worker-alt")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: Path
+    text: str
+    # Files holding a secret are readable by the service user only.
+    secret: bool
+    # The programs to restart when the file changes.
+    programs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    command: str
+    priority: int
+    stopwaitsecs: int
+    stopsignal: str = "TERM"
+    startsecs: int = 3
+    autostart: bool = True
+    environment: str = ""
+    comments: tuple[str, ...] = ()
+    directives: dict[str, str] = field(default_factory=dict)
+
+
+def journal_available() -> bool:
+    return JOURNAL_SOCKET.is_socket()
+
+
+def postgres_bindir() -> Path:
+    """The newest PostgreSQL's binaries (Debian installs each major version side by side)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise FileNotFoundError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/postgres)")
+    return found[-1].parent
+
+
+def redis_server() -> str:
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> list[Program]:
+    env = f'APPLIANCE_CONFIG="{layout.config_file}",HOME="{layout.data_dir}"'
+    python = layout.bin("python")
+    result: list[Program] = []
+    if settings.runs_stores:
+        result += [
+            Program(
+                "redis",
+                f"{redis_server()} {layout.redis_conf}",
+                priority=10,
+                # TERM is Redis's clean shutdown: the AOF is flushed and fsynced before it exits.
+                stopwaitsecs=60,
+                environment=env,
+            ),
+            Program(
+                "postgres",
+                f"{postgres_bindir() / 'postgres'} -c config_file={layout.postgres_conf}",
+                priority=20,
+                # INT is PostgreSQL's "fast" shutdown: open transactions roll back, a checkpoint is written.
+                # TERM ("smart") would wait for every client to leave, which a stopping worker may not yet have.
+                stopsignal="INT",
+                stopwaitsecs=120,
+                environment=env,
+            ),
+        ]
+    if settings.bundles_livekit:
+        result.append(
+            Program(
+                "livekit",
+                f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
+                priority=30,
+                stopwaitsecs=30,
+                environment=env,
+            )
+        )
+    result.append(
+        Program(
+            "flusher",
+            f"{python} -m agent.flusher",
+            priority=40,
+            # TERM: the flusher writes what it has read, acknowledges it and exits.
+            stopwaitsecs=60,
+            environment=env,
+        )
+    )
+    alt_ports = (
+        f',APPLIANCE_WORKER__HEALTH_PORT="{settings.control.alt_health_port}"'
+        f',APPLIANCE_WORKER__STATUS_PORT="{settings.control.alt_status_port}"'
+    )
+    for name in WORKERS:
+        result.append(
+            Program(
+                name,
+                f"{python} -m agent.worker",
+                priority=50,
+                # TERM to the worker alone (stopasgroup=false): it drains; room processes under forkserver do
+                # not ignore TERM, so a TERM to the whole group would cut every live room at once.
+                stopwaitsecs=worker_stopwaitsecs(settings.worker.drain_timeout_s),
+                startsecs=5,
+                # worker-alt is the second worker a graceful restart starts before the running one drains.
+                autostart=name == "worker",
+                environment=env if name == "worker" else env + alt_ports,
+                comments=(
+                    "stopasgroup=false: TERM reaches the worker only, which drains its rooms;",
+                    "killasgroup=true: the KILL after stopwaitsecs reaches its room processes too.",
+                ),
+                directives={"stopasgroup": "false", "killasgroup": "true"},
+            )
+        )
+    return [_with_output(program, layout, journal=journal) for program in result]
+
+
+def _with_output(program: Program, layout: Layout, *, journal: bool) -> Program:
+    """Each program's lines go to the journal under its own identifier and level, or to a rotated file."""
+    identifier = "appliance-worker" if program.name in WORKERS else f"appliance-{program.name}"
+    if journal:
+        prefix = shlex.join(["systemd-cat", f"--identifier={identifier}", "--level-prefix=true"])
+        directives = {"stdout_logfile": "NONE", "stderr_logfile": "NONE"}
+        return _replace(program, command=f"{prefix} {program.command}", directives=directives)
+    directives = {
+        "redirect_stderr": "true",
+        "stdout_logfile": str(layout.log_dir / f"{program.name}.log"),
+        "stdout_logfile_maxbytes": "50MB",
+        "stdout_logfile_backups": "5",
+    }
+    return _replace(program, directives=directives)
+
+
+def _replace(program: Program, *, directives: dict[str, str], command: str | None = None) -> Program:
+    from dataclasses import replace
+
+    return replace(program, command=command or program.command, directives={**program.directives, **directives})
+
+
+def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | None = None) -> list[ConfigFile]:
+    journal = journal_available() if journal is None else journal
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(resource_path("config")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        autoescape=False,
+    )
+    context = {"settings": settings, "layout": layout, "log_lines": []}
+    files = [
+        ConfigFile(
+            layout.supervisord_conf,
+            env.get_template("supervisord.conf.j2").render(
+                **context, programs=programs(settings, layout, journal=journal)
+            ),
+            secret=False,
+            programs=frozenset(),
+        )
+    ]
+    if settings.runs_stores:
+        redis_password = settings.redis.password.get_secret_value() if settings.redis.password else ""
+        tuning = postgres_tuning(max_rooms=settings.worker.max_rooms, idle_processes=settings.worker.num_idle_processes)
+        files += [
+            ConfigFile(
+                layout.redis_conf,
+                env.get_template("redis.conf.j2").render(**context, redis_password=redis_password),
+                secret=True,
+                programs=frozenset({"redis"}),
+            ),
+            ConfigFile(
+                layout.postgres_conf,
+                env.get_template("postgresql.conf.j2").render(**context, tuning=tuning),
+                secret=False,
+                programs=frozenset({"postgres"}),
+            ),
+            ConfigFile(
+                layout.pg_hba,
+                env.get_template("pg_hba.conf.j2").render(**context),
+                secret=False,
+                programs=frozenset({"postgres"}),
+            ),
+        ]
+    if settings.bundles_livekit:
+        key, secret = settings.livekit.api_key, settings.livekit.api_secret
+        if key is None or secret is None:
+            raise ValueError("the bundled livekit-server needs livekit.api_key and livekit.api_secret")
+        files.append(
+            ConfigFile(
+                layout.livekit_conf,
+                env.get_template("livekit.yaml.j2").render(
+                    **context,
+                    lk=settings.livekit_server,
+                    api_key=key.get_secret_value(),
+                    api_secret=secret.get_secret_value(),
+                ),
+                secret=True,
+                programs=frozenset({"livekit"}),
+            )
+        )
+    return files

@@ -1,0 +1,147 @@
+"""A whole appliance installed by `appliance install` into a temporary prefix and run under a real supervisord.
+
+Its appliance.toml puts every path under the prefix and every port on a free one; the bundled livekit-server
+is loopback-only. The service user is the real `appliance` user (PostgreSQL refuses to run as root), so the
+programs run from a venv that user can read: Debian's python3 and this checkout installed into SERVICE_VENV,
+as install.sh does (the developer's .venv may sit under /root, which the service user cannot enter).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import psutil
+
+from agent.settings import load_settings
+from appliance.layout import Layout
+from appliance.settings import ApplianceSettings
+from appliance.supervisor import Supervisor
+from tests.harness.livekit import binary, free_udp_port
+from tests.harness.servers import free_port
+
+REPO = Path(__file__).parents[2]
+SERVICE_VENV = Path("/var/tmp/appliance-test-venv")
+_venv_ready = False
+
+
+def service_venv() -> Path:
+    """The venv the installed appliance runs from, with this checkout's code (installed once per session)."""
+    global _venv_ready
+    if not _venv_ready:
+        if not (SERVICE_VENV / "bin" / "python").exists():
+            subprocess.run(["/usr/bin/python3", "-m", "venv", str(SERVICE_VENV)], check=True)
+        pip = [str(SERVICE_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "--force-reinstall", "--no-deps", str(REPO)], check=True, timeout=600)
+        subprocess.run([*pip, str(REPO)], check=True, timeout=600)
+        _venv_ready = True
+    return SERVICE_VENV
+
+
+class InstalledAppliance:
+    def __init__(self, *, drain_timeout_s: int = 10, extra: str = "") -> None:
+        self.prefix = Path(tempfile.mkdtemp(prefix="appliance-prefix-"))
+        self.prefix.chmod(0o755)
+        self.etc = self.prefix / "etc" / "appliance"
+        self.config_file = self.etc / "appliance.toml"
+        self.drain_timeout_s = drain_timeout_s
+        self.extra = extra
+
+    def config_text(self) -> str:
+        p = self.prefix
+        udp = free_udp_port()
+        return f"""\
+[redis]
+port = {free_port()}
+[postgres]
+port = {free_port()}
+[store]
+spool_dir = "{p}/var/lib/appliance/spool"
+[worker]
+health_port = {free_port()}
+status_port = {free_port()}
+drain_timeout_s = {self.drain_timeout_s}
+departure_timeout_s = 5
+num_idle_processes = 1
+reconcile_every_s = 1
+orphan_after_s = 2
+dispatch_grace_s = 15
+[control]
+data_dir = "{p}/var/lib/appliance"
+log_dir = "{p}/var/log/appliance"
+run_dir = "{p}/run/appliance"
+unit_dir = "{p}/etc/systemd/system"
+alt_health_port = {free_port()}
+alt_status_port = {free_port()}
+[livekit_server]
+bin = "{p}/opt/appliance/bin/livekit-server"
+port = {free_port()}
+rtc_udp_port = {udp}
+loopback_only = true
+{self.extra}"""
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        env["APPLIANCE_CONFIG"] = str(self.config_file)
+        return env
+
+    def write_config(self) -> None:
+        self.etc.mkdir(parents=True, exist_ok=True)
+        text = self.config_text()
+        # [livekit] url follows the bundled server's port.
+        port = next(
+            line.split("=")[1].strip()
+            for line in text.split("[livekit_server]")[1].splitlines()
+            if line.startswith("port")
+        )
+        self.config_file.write_text(text + f'[livekit]\nurl = "ws://127.0.0.1:{port}"\n')
+
+    def install(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run("install", "--yes", "--livekit-server-bin", str(binary()), *args, check=check, timeout=400)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """The CLI as an operator runs it."""
+        result = subprocess.run(
+            [str(service_venv() / "bin" / "appliance"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"appliance {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+        return result
+
+    @property
+    def settings(self) -> ApplianceSettings:
+        return load_settings(ApplianceSettings, config_file=self.config_file)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout.of(self.settings, self.config_file)
+
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.layout.supervisor_socket)
+
+    def pid(self, program: str) -> int:
+        return self.supervisor().process(program).pid
+
+    def close(self) -> None:
+        """Stop everything of ours under the prefix, whatever state it is in, and remove the prefix."""
+        sup = self.supervisor()
+        if sup.answers():
+            try:
+                supervisord = sup.supervisord_pid()
+                sup.shutdown()
+                sup.wait_gone(120)
+                psutil.Process(supervisord).wait(30)
+            except psutil.Error:
+                pass
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(self.prefix) in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        shutil.rmtree(self.prefix, ignore_errors=True)
