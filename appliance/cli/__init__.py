@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import chat, config, db, forget, token
+from appliance.cli import chat, config, db, forget, install, service, token
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -122,6 +122,11 @@ main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)
 main.add_command(forget.forget)
+main.add_command(install.install)
+main.add_command(install.reconfigure)
+main.add_command(service.start)
+main.add_command(service.stop)
+main.add_command(service.restart)
 main.add_command(token.token)
 
 
