@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import chat, config, db, forget, install, service, token
+from appliance.cli import chat, config, db, forget, install, logs, service, token
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -124,6 +124,7 @@ main.add_command(db.db)
 main.add_command(forget.forget)
 main.add_command(install.install)
 main.add_command(install.reconfigure)
+main.add_command(logs.logs)
 main.add_command(service.start)
 main.add_command(service.stop)
 main.add_command(service.restart)
