@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import chat, config, db, forget, install, logs, service, token
+from appliance.cli import backup, chat, config, db, forget, install, logs, service, token
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -118,6 +118,8 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
     ctx.obj = App(verbose=verbose)
 
 
+main.add_command(backup.backup)
+main.add_command(backup.restore)
 main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)
