@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 @click.pass_obj
 def forget(app: App, conversation: str, *, yes: bool, as_json: bool) -> None:
-    """Delete CONVERSATION (its id) and all its messages from PostgreSQL, Redis (the cache, the write-ahead
-    stream, dead letters) and the spool files, and print what was removed from each. Cannot be undone."""
+    """Delete a conversation from every tier.
+
+    Deletes CONVERSATION (its id) and all its messages from PostgreSQL, Redis (the cache, the room's mapping, the
+    write-ahead stream, dead letters) and the spool files, and prints what was removed from each. Cannot be
+    undone."""
     from appliance.forget import forget as forget_conversation
 
     settings = app.settings

@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the token, room, identity, URL and expiry as JSON.")
 @click.pass_obj
 def token(app: App, room: str, identity: str, ttl: str, name: str | None, *, as_json: bool) -> None:
-    """Print a LiveKit token that lets IDENTITY join ROOM (publish, subscribe, send data), signed with the
-    appliance's livekit.api_key and api_secret. A front end passes it to the LiveKit client SDK."""
+    """Print a join token for a front end.
+
+    The LiveKit token lets IDENTITY join ROOM (publish, subscribe, send data); it is signed with the appliance's
+    livekit.api_key and api_secret. A front end passes it to the LiveKit client SDK."""
     from appliance.tokens import join_token, parse_ttl
 
     made = join_token(app.settings.livekit, room, identity, ttl=parse_ttl(ttl), name=name)
