@@ -401,7 +401,7 @@ def _wait_healthy(settings: ApplianceSettings, layout: Layout, report: Report, t
         worker = service.running_worker(sup)
         if worker is None:
             sup.start("worker", wait=False)
-        if not waiting and worker is not None:
+        if not waiting and worker is not None and processes[worker].running:
             status = service.worker_status(settings, worker)
             if status and status.get("registered"):
                 report("healthy", f"every program running; {worker} registered with LiveKit")

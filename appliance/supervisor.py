@@ -53,14 +53,11 @@ class Supervisor:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
 
-    def _proxy(self) -> Any:
-        transport = SupervisorTransport(serverurl=f"unix://{self.socket_path}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-
     def _call(self, method: str, *args: object) -> Any:
         if not self.socket_path.exists():
             raise SupervisorDown(f"supervisord is not running (no socket at {self.socket_path})")
-        proxy = self._proxy()
+        transport = SupervisorTransport(serverurl=f"unix://{self.socket_path}")
+        proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
         # supervisor's unix connection sets no timeout; the default one bounds a hung supervisord.
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(self.timeout_s)
@@ -76,6 +73,7 @@ class Supervisor:
             raise SupervisorDenied(f"supervisord at {self.socket_path} does not answer properly: {exc}") from None
         finally:
             socket.setdefaulttimeout(previous)
+            transport.close()
 
     def state(self) -> str:
         return cast(str, self._call("getState")["statename"])
@@ -148,7 +146,7 @@ class Supervisor:
             self.state()
         except SupervisorDown:
             return False
-        except SupervisorDenied:
+        except (SupervisorDenied, xmlrpc.client.Fault):  # a Fault: it answers, e.g. SHUTDOWN_STATE
             return True
         return True
 

@@ -11,8 +11,6 @@ import click
 if TYPE_CHECKING:
     from appliance.cli import App
 
-_MARKS = {"unchanged": " ", "healthy": "✓"}
-
 
 @click.command()
 @click.option(
@@ -92,16 +90,8 @@ def _run(app: App, options: object) -> None:
 
     outcome = install(options, report)
     layout = outcome.layout
-    app.message(
-        f"done in {time.monotonic() - began:.1f} s"
-        + (
-            f"; restarted: {', '.join(outcome.restarted)}"
-            if outcome.restarted
-            else "; nothing restarted"
-            if not outcome.started
-            else ""
-        )
-    )
+    restarted = ", ".join(outcome.restarted) or ("every program started" if outcome.started else "nothing")
+    app.message(f"done in {time.monotonic() - began:.1f} s; restarted: {restarted}")
     app.message(f"config:  {layout.config_file} (secrets in {layout.secrets_file})")
     app.message(f"logs:    `appliance logs [PROGRAM] [-f]` ({layout.log_dir} or the journal)")
     app.message("next:    `appliance status`, `appliance chat ROOM`, `appliance token ROOM IDENTITY`")

@@ -24,19 +24,23 @@ from tests.harness.livekit import binary, free_udp_port
 from tests.harness.servers import free_port
 
 REPO = Path(__file__).parents[2]
-SERVICE_VENV = Path("/var/tmp/appliance-test-venv")
+SERVICE_VENV = Path(os.environ.get("APPLIANCE_SERVICE_VENV", "/var/tmp/appliance-test-venv"))
 _venv_ready = False
 
 
 def service_venv() -> Path:
-    """The venv the installed appliance runs from, with this checkout's code (installed once per session)."""
+    """The venv the installed appliance runs from (scripts/test makes it and installs the dependencies while
+    PyPI is reachable); this checkout's code is reinstalled into it once per session, offline."""
     global _venv_ready
     if not _venv_ready:
-        if not (SERVICE_VENV / "bin" / "python").exists():
-            subprocess.run(["/usr/bin/python3", "-m", "venv", str(SERVICE_VENV)], check=True)
-        pip = [str(SERVICE_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "--force-reinstall", "--no-deps", str(REPO)], check=True, timeout=600)
-        subprocess.run([*pip, str(REPO)], check=True, timeout=600)
+        python = SERVICE_VENV / "bin" / "python"
+        if not python.exists():
+            raise RuntimeError(f"{SERVICE_VENV} missing: run the tests through scripts/test, which makes it")
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+             "--no-build-isolation", "--force-reinstall", str(REPO)],
+            check=True, timeout=600, capture_output=True,
+        )  # fmt: skip
         _venv_ready = True
     return SERVICE_VENV
 
@@ -132,7 +136,7 @@ loopback_only = true
 
     def close(self) -> None:
         """Stop everything of ours under the prefix, whatever state it is in, and remove the prefix."""
-        sup = self.supervisor()
+        sup = Supervisor(self.prefix / "run" / "appliance" / "supervisord.sock")
         if sup.answers():
             try:
                 supervisord = sup.supervisord_pid()
