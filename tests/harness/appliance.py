@@ -88,6 +88,10 @@ loopback_only = true
 {self.extra}"""
 
     @property
+    def venv(self) -> Path:
+        return service_venv()
+
+    @property
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
         env["APPLIANCE_CONFIG"] = str(self.config_file)
