@@ -104,21 +104,33 @@ def stop(settings: ApplianceSettings, layout: Layout) -> bool:
     return True
 
 
+# supervisord's start order; restarts follow it.
+START_ORDER = ("redis", "postgres", "livekit", "flusher", "worker")
+
+
 def restart(
     settings: ApplianceSettings, layout: Layout, names: Iterable[str], *, now: bool, progress: Progress
-) -> None:
-    """Restart programs in start order; the worker gracefully unless ``now``."""
+) -> list[str]:
+    """Restart programs (all when ``names`` is empty) in start order, the worker gracefully unless ``now``.
+
+    Returns the programs restarted.
+    """
     sup = Supervisor(layout.supervisor_socket)
-    known = {p.name for p in sup.processes()}
-    for name in names:
+    known = [name for name in START_ORDER if name in {p.name for p in sup.processes()}]
+    wanted = list(names) or known
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        raise ApplianceError(f"no program {unknown[0]!r}: choose from {', '.join(known)}")
+    for name in known:
+        if name not in wanted:
+            continue
         if name == "worker":
             restart_worker(settings, layout, now=now, progress=progress)
             continue
-        if name not in known:
-            raise ApplianceError(f"no program {name!r}: choose from {', '.join(sorted(known - {'worker-alt'}))}")
         progress(f"restarting {name}")
         sup.stop(name, timeout_s=120)
         sup.start(name)
+    return [name for name in known if name in wanted]
 
 
 def running_worker(sup: Supervisor) -> str | None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import backup, chat, config, db, forget, install, logs, service, token
+from appliance.cli import backup, chat, config, db, forget, install, logs, service, token, uninstall
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -131,6 +131,7 @@ main.add_command(service.start)
 main.add_command(service.stop)
 main.add_command(service.restart)
 main.add_command(token.token)
+main.add_command(uninstall.uninstall)
 
 
 if __name__ == "__main__":

@@ -41,11 +41,6 @@ def restart(app: App, *, programs: tuple[str, ...], now: bool) -> None:
     so every room keeps an agent."""
     from appliance import service
     from appliance.layout import Layout
-    from appliance.supervisor import Supervisor
 
-    layout = Layout.of(app.settings)
-    names = list(programs) or [
-        p.name for p in Supervisor(layout.supervisor_socket).processes() if p.name != "worker-alt"
-    ]
-    service.restart(app.settings, layout, names, now=now, progress=app.message)
-    app.message("restarted " + ", ".join(names))
+    done = service.restart(app.settings, Layout.of(app.settings), programs, now=now, progress=app.message)
+    app.message("restarted " + ", ".join(done))

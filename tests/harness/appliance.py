@@ -15,8 +15,11 @@ import tempfile
 from pathlib import Path
 
 import psutil
+from livekit import rtc
+from livekit.api import AccessToken, VideoGrants
 
 from agent.settings import load_settings
+from appliance.chatclient import ChatClient
 from appliance.layout import Layout
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
@@ -36,13 +39,19 @@ def service_venv() -> Path:
         python = SERVICE_VENV / "bin" / "python"
         if not python.exists():
             raise RuntimeError(f"{SERVICE_VENV} missing: run the tests through scripts/test, which makes it")
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-             "--no-build-isolation", "--force-reinstall", str(REPO)],
-            check=True, timeout=600, capture_output=True,
-        )  # fmt: skip
+        install_code(REPO)
         _venv_ready = True
     return SERVICE_VENV
+
+
+def install_code(source: Path) -> None:
+    """Put the code of the checkout at ``source`` into the service venv (offline: dependencies are there)."""
+    python = SERVICE_VENV / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+         "--no-build-isolation", "--force-reinstall", str(source)],
+        check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
 
 
 class InstalledAppliance:
@@ -134,6 +143,18 @@ loopback_only = true
 
     def supervisor(self) -> Supervisor:
         return Supervisor(self.layout.supervisor_socket)
+
+    def chat_client(self, room: str, identity: str) -> ChatClient:
+        """A participant for ``room`` (not yet connected), with a token from the appliance's own keys."""
+        settings = self.settings
+        key, secret = settings.livekit.api_key, settings.livekit.api_secret
+        assert key is not None and secret is not None
+        # The loopback-only LiveKit tells clients of a STUN server on a loopback port nobody serves.
+        stun = rtc.IceServer(urls=[f"stun:127.0.0.1:{settings.livekit_server.rtc_udp_port + 1}"])
+        options = rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_servers=[stun]), connect_timeout=10)
+        grants = VideoGrants(room_join=True, room=room)
+        token = AccessToken(key.get_secret_value(), secret.get_secret_value()).with_identity(identity)
+        return ChatClient(settings.livekit.url, token.with_grants(grants).to_jwt(), options)
 
     def pid(self, program: str) -> int:
         return self.supervisor().process(program).pid

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from appliance.chatclient import ChatClient
 from tests.harness.appliance import InstalledAppliance
 from tests.harness.livekit import PrivateNetwork
 
@@ -43,3 +45,20 @@ def new_appliance() -> Iterator[Callable[..., InstalledAppliance]]:
     yield make
     for installed in made:
         installed.close()
+
+
+Join = Callable[[InstalledAppliance, str, str], Awaitable[ChatClient]]
+
+
+@pytest.fixture
+async def join() -> AsyncIterator[Join]:
+    """Connects participants to an installed appliance's rooms; they leave after the test."""
+    clients: list[ChatClient] = []
+
+    async def joiner(installed: InstalledAppliance, room: str, identity: str) -> ChatClient:
+        client = installed.chat_client(room, identity)
+        clients.append(await client.connect())
+        return client
+
+    yield joiner
+    await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)

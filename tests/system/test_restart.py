@@ -5,40 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
 
-import pytest
-from livekit import rtc
-from livekit.api import AccessToken, VideoGrants
-
-from appliance.chatclient import ChatClient
 from appliance.service import running_worker, worker_status
 from tests.harness.appliance import InstalledAppliance
 from tests.harness.servers import wait_until
-
-Join = Callable[[str, str], Awaitable[ChatClient]]
-
-
-@pytest.fixture
-async def join(appliance: InstalledAppliance) -> AsyncIterator[Join]:
-    settings = appliance.settings
-    key, secret = settings.livekit.api_key, settings.livekit.api_secret
-    assert key is not None and secret is not None
-    # The bundled loopback-only LiveKit tells clients of a STUN server on a loopback port nobody serves.
-    stun = rtc.IceServer(urls=[f"stun:127.0.0.1:{settings.livekit_server.rtc_udp_port + 1}"])
-    options = rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_servers=[stun]), connect_timeout=10)
-    clients: list[ChatClient] = []
-
-    async def joiner(room: str, identity: str) -> ChatClient:
-        grants = VideoGrants(room_join=True, room=room)
-        token = AccessToken(key.get_secret_value(), secret.get_secret_value())
-        jwt = token.with_identity(identity).with_grants(grants).to_jwt()
-        client = ChatClient(settings.livekit.url, jwt, options)
-        clients.append(await client.connect())
-        return client
-
-    yield joiner
-    await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+from tests.system.conftest import Join
 
 
 def held(answer: str) -> int:
@@ -52,7 +23,7 @@ async def test_graceful_restart_keeps_every_room_served(appliance: InstalledAppl
     sup = appliance.supervisor()
     old = running_worker(sup)
     assert old is not None
-    alice = await join("restart-room", "alice")
+    alice = await join(appliance, "restart-room", "alice")
     await alice.greeting()
     await alice.send("before the restart")
     await alice.reply_containing("alice: before the restart")
@@ -75,7 +46,7 @@ async def test_graceful_restart_keeps_every_room_served(appliance: InstalledAppl
     assert (worker_status(settings, new) or {}).get("registered")
     await alice.send("during the drain")
     await alice.reply_containing("alice: during the drain")
-    bob = await join("joined-during-restart", "bob")
+    bob = await join(appliance, "joined-during-restart", "bob")
     await bob.greeting()
     await bob.send("hello new worker")
     await bob.reply_containing("bob: hello new worker")
