@@ -39,6 +39,9 @@ PRE_JOURNAL_MAXBYTES = "1MB"
 # A line without a "<N>" prefix: stdout is informational, stderr (a crash's traceback, a config error) is an error.
 UNPREFIXED_STDOUT = "info"
 UNPREFIXED_STDERR = "err"
+# PostgreSQL's stderr holds what it says before it switches to syslog: a config error, but also, at every start,
+# "LOG: ending log output to stderr" and its HINT, which as errors would be a false alarm.
+UNPREFIXED_STDERR_OF = {"postgres": "notice"}
 
 
 def identifier(program: str) -> str:
@@ -72,7 +75,7 @@ def program_output(program: str, *, journal: bool, log_dir: Path, python: str | 
         shutil.which("systemd-cat") or "/usr/bin/systemd-cat",
         f"--identifier={identifier(program)}",
         f"--priority={UNPREFIXED_STDOUT}",
-        f"--stderr-priority={UNPREFIXED_STDERR}",
+        f"--stderr-priority={UNPREFIXED_STDERR_OF.get(program, UNPREFIXED_STDERR)}",
         "--level-prefix=true",
     )
     if program == "livekit":
@@ -104,6 +107,9 @@ def postgres_log_lines(*, journal: bool) -> list[str]:
             "syslog_facility = 'LOCAL0'",
             # "[3-1]" counters serve syslog daemons that drop repeats; journald keeps every line.
             "syslog_sequence_numbers = off",
+            # One entry per message, its DETAIL, HINT and STATEMENT lines included, without "[2]" chunk numbers:
+            # journald takes long, multi-line messages (splitting serves syslog daemons that truncate them).
+            "syslog_split_messages = off",
             # journald adds the time and the pid.
             "log_line_prefix = '%q%u@%d '",
         ]

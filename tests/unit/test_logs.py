@@ -180,6 +180,11 @@ def test_journal_mode_runs_each_program_under_systemd_cat_with_its_identifier() 
     assert out.directives["stdout_logfile_maxbytes"] == "1MB"
 
 
+def test_postgres_says_on_stderr_what_it_says_before_syslog_takes_over_a_notice() -> None:
+    assert "--stderr-priority=notice" in program_output("postgres", journal=True, log_dir=Path("/l")).command_prefix
+    assert "--stderr-priority=err" in program_output("redis", journal=True, log_dir=Path("/l")).command_prefix
+
+
 def test_both_workers_log_as_appliance_worker_to_their_own_files() -> None:
     out = program_output("worker-alt", journal=True, log_dir=Path("/l"))
     assert "--identifier=appliance-worker" in out.command_prefix
