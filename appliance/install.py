@@ -27,7 +27,7 @@ from agent.settings import load_settings
 from appliance import service
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
-from appliance.render import WORKERS, ConfigFile, journal_available, postgres_bindir, programs, render_all
+from appliance.render import WORKERS, ConfigFile, postgres_bindir, programs, render_all
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
@@ -83,7 +83,7 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     if lk_source is not None:
         _ensure_livekit_binary(lk_source, settings.livekit_server.bin, report)
     changed: set[str] = set()
-    for config in render_all(settings, layout, journal=journal_available()):
+    for config in render_all(settings, layout):
         if _write_config(config, user, report):
             changed |= config.programs
             if config.path == layout.supervisord_conf:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import shlex
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
 
 from appliance.layout import Layout
+from appliance.logs import postgres_log_lines, program_output, redis_log_lines, use_journal
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 from appliance.tuning import postgres_tuning
 from appliance.unit import worker_stopwaitsecs
 
-# Where journald takes programs' streams; systemd-cat needs it.
-JOURNAL_SOCKET = Path("/run/systemd/journal/stdout")
 WORKERS = ("worker", "worker-alt")
 
 
@@ -42,10 +41,6 @@ class Program:
     environment: str = ""
     comments: tuple[str, ...] = ()
     directives: dict[str, str] = field(default_factory=dict)
-
-
-def journal_available() -> bool:
-    return JOURNAL_SOCKET.is_socket()
 
 
 def postgres_bindir() -> Path:
@@ -134,28 +129,18 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
 
 def _with_output(program: Program, layout: Layout, *, journal: bool) -> Program:
     """Each program's lines go to the journal under its own identifier and level, or to a rotated file."""
-    identifier = "appliance-worker" if program.name in WORKERS else f"appliance-{program.name}"
-    if journal:
-        prefix = shlex.join(["systemd-cat", f"--identifier={identifier}", "--level-prefix=true"])
-        directives = {"stdout_logfile": "NONE", "stderr_logfile": "NONE"}
-        return _replace(program, command=f"{prefix} {program.command}", directives=directives)
-    directives = {
-        "redirect_stderr": "true",
-        "stdout_logfile": str(layout.log_dir / f"{program.name}.log"),
-        "stdout_logfile_maxbytes": "50MB",
-        "stdout_logfile_backups": "5",
-    }
-    return _replace(program, directives=directives)
-
-
-def _replace(program: Program, *, directives: dict[str, str], command: str | None = None) -> Program:
-    from dataclasses import replace
-
-    return replace(program, command=command or program.command, directives={**program.directives, **directives})
+    output = program_output(program.name, journal=journal, log_dir=layout.log_dir, python=layout.bin("python"))
+    extra = "".join(f',{key}="{value}"' for key, value in output.environment.items())
+    return replace(
+        program,
+        command=" ".join([*(shlex.quote(part) for part in output.command_prefix), program.command]),
+        directives={**program.directives, **output.directives},
+        environment=program.environment + extra,
+    )
 
 
 def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | None = None) -> list[ConfigFile]:
-    journal = journal_available() if journal is None else journal
+    journal = use_journal(settings.logging.journal) if journal is None else journal
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(resource_path("config")),
         undefined=jinja2.StrictUndefined,
@@ -163,7 +148,7 @@ def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | N
         trim_blocks=True,
         autoescape=False,
     )
-    context = {"settings": settings, "layout": layout, "log_lines": []}
+    context = {"settings": settings, "layout": layout}
     files = [
         ConfigFile(
             layout.supervisord_conf,
@@ -180,13 +165,17 @@ def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | N
         files += [
             ConfigFile(
                 layout.redis_conf,
-                env.get_template("redis.conf.j2").render(**context, redis_password=redis_password),
+                env.get_template("redis.conf.j2").render(
+                    **context, redis_password=redis_password, log_lines=redis_log_lines(journal=journal)
+                ),
                 secret=True,
                 programs=frozenset({"redis"}),
             ),
             ConfigFile(
                 layout.postgres_conf,
-                env.get_template("postgresql.conf.j2").render(**context, tuning=tuning),
+                env.get_template("postgresql.conf.j2").render(
+                    **context, tuning=tuning, log_lines=postgres_log_lines(journal=journal)
+                ),
                 secret=False,
                 programs=frozenset({"postgres"}),
             ),
