@@ -1,0 +1,70 @@
+"""Test 9: `appliance backup`, the appliance removed with all its data, a new install, `appliance restore`: a
+conversation resumes with all its messages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.harness.appliance import InstalledAppliance
+from tests.harness.inspect import connect
+from tests.harness.servers import wait_until
+
+
+def keep_rooms_open(installed: InstalledAppliance) -> None:
+    """A room's process outlives the chat client by ten minutes, so its conversation is still open (not ended,
+    which a later room of that name would not resume) when the backup is made."""
+    config = installed.config_file
+    config.write_text(config.read_text().replace("departure_timeout_s = 5\n", "departure_timeout_s = 600\n"))
+
+
+def chat(installed: InstalledAppliance, room: str, lines: list[str], workdir: Path) -> list[str]:
+    script = workdir / f"{room}-{len(lines)}.txt"
+    script.write_text("".join(f"{line}\n" for line in lines))
+    done = installed.run("chat", room, "--identity", "carol", "--script", str(script), timeout=180)
+    return done.stdout.splitlines()
+
+
+def stored(installed: InstalledAppliance, room: str) -> tuple[str, list[str]]:
+    """The room's conversation id and its messages' contents, from PostgreSQL (nothing before it has them)."""
+    with connect(installed.settings) as conn:
+        row = conn.execute("SELECT id FROM conversations WHERE room = %s", (room,)).fetchone()
+        if row is None:
+            return "", []
+        rows = conn.execute("SELECT content FROM messages WHERE conversation_id = %s ORDER BY id", row).fetchall()
+    return str(row[0]), [str(r[0]) for r in rows]
+
+
+@pytest.mark.slow
+def test_backup_reinstall_restore_resumes_the_conversation_with_all_its_messages(
+    new_appliance: Callable[..., InstalledAppliance], tmp_path: Path
+) -> None:
+    first = new_appliance()
+    keep_rooms_open(first)
+    first.install()
+    said = chat(first, "support", ["one", "two", "three"], tmp_path)
+    assert "holds 6 messages" in said[-1], said
+    wait_until(lambda: len(stored(first, "support")[1]) == 7, 30, "the 7 messages flushed to PostgreSQL")
+    conversation, before = stored(first, "support")
+    archive = tmp_path / "backup.tar.gz"
+    first.run("backup", str(archive))
+    # Stands in for `appliance uninstall --purge`: every process of the appliance stopped, every file of its prefix
+    # (config, secrets, PostgreSQL's and Redis's data, the spool) deleted.
+    first.close()
+
+    second = new_appliance()  # other ports, other passwords, another LiveKit key
+    keep_rooms_open(second)
+    second.install()
+    restored = json.loads(second.run("restore", str(archive), "--yes", "--json").stdout)
+    assert restored["restarted"] == ["flusher", "worker"]
+    said = chat(second, "support", ["four"], tmp_path)
+
+    assert said[0] == f"agent: {second.settings.worker.resume_greeting}"
+    assert "holds 9 messages" in said[-1], said  # the 7 of before, the resume greeting and "four"
+    wait_until(lambda: len(stored(second, "support")[1]) == 10, 30, "the 10 messages flushed to PostgreSQL")
+    resumed, after = stored(second, "support")
+    assert resumed == conversation
+    assert after[:7] == before
