@@ -1,0 +1,84 @@
+"""The rendered service configs: start order, stop signals and timings, limits, and what each role runs."""
+
+from __future__ import annotations
+
+import configparser
+from pathlib import Path
+
+from appliance.layout import Layout
+from appliance.render import render_all
+from appliance.settings import ApplianceSettings
+from appliance.tuning import postgres_tuning
+
+SECRETS = {"redis": {"password": "r-secret"}, "postgres": {"password": "p-secret"},
+           "livekit": {"api_key": "APIkey", "api_secret": "lk-secret"}}  # fmt: skip
+
+
+def rendered(**sections: object) -> dict[str, str]:
+    settings = ApplianceSettings(**{**SECRETS, **sections})  # type: ignore[arg-type]
+    layout = Layout.of(settings, Path("/etc/appliance/appliance.toml"))
+    return {f.path.name: f.text for f in render_all(settings, layout, journal=False)}
+
+
+def supervisord(text: str) -> configparser.RawConfigParser:
+    parser = configparser.RawConfigParser(inline_comment_prefixes=(";",))
+    parser.read_string(text)
+    return parser
+
+
+def test_programs_start_in_order_and_the_worker_stops_gracefully() -> None:
+    conf = supervisord(rendered()["supervisord.conf"])
+    programs = {s.removeprefix("program:"): conf[s] for s in conf.sections() if s.startswith("program:")}
+    order = sorted(programs, key=lambda name: int(programs[name]["priority"]))
+    assert order[:5] == ["redis", "postgres", "livekit", "flusher", "worker"]
+    worker = programs["worker"]
+    assert worker["stopsignal"] == "TERM"
+    assert (worker["stopasgroup"], worker["killasgroup"]) == ("false", "true")
+    assert int(worker["stopwaitsecs"]) > ApplianceSettings().worker.drain_timeout_s
+    assert programs["postgres"]["stopsignal"] == "INT"
+    assert all(p["autorestart"] == "true" and int(p["startretries"]) >= 1000 for p in programs.values())
+    assert programs["worker-alt"]["autostart"] == "false"
+    assert conf["unix_http_server"]["chmod"] == "0770"
+
+
+def test_secrets_only_in_files_for_the_service_user() -> None:
+    files = rendered()
+    assert "r-secret" in files["redis.conf"] and "lk-secret" in files["livekit.yaml"]
+    for name in ("supervisord.conf", "postgresql.conf", "pg_hba.conf"):
+        assert not any(secret in files[name] for secret in ("r-secret", "p-secret", "lk-secret")), name
+
+
+def test_redis_is_capped_and_durable_and_postgres_is_loopback_only() -> None:
+    files = rendered()
+    redis = files["redis.conf"].splitlines()
+    for line in ("bind 127.0.0.1", "maxmemory 2gb", "maxmemory-policy volatile-lru", "appendonly yes",
+                 "appendfsync everysec", "protected-mode yes"):  # fmt: skip
+        assert line in redis
+    assert "listen_addresses = '127.0.0.1'" in files["postgresql.conf"]
+    hba = [line.split() for line in files["pg_hba.conf"].splitlines() if line and not line.startswith("#")]
+    assert all(rule[-1] == "scram-sha-256" for rule in hba)
+    assert {rule[3] for rule in hba if rule[0] == "host"} == {"127.0.0.1/32", "::1/128"}
+
+
+def test_a_worker_box_runs_only_the_flusher_and_the_worker() -> None:
+    files = rendered(control={"role": "worker"}, livekit_server={"enabled": False})
+    assert set(files) == {"supervisord.conf"}
+    conf = supervisord(files["supervisord.conf"])
+    assert {s for s in conf.sections() if s.startswith("program:")} == {
+        "program:flusher", "program:worker", "program:worker-alt"}  # fmt: skip
+
+
+def test_bundled_livekit_faces_clients_unless_loopback_only() -> None:
+    public = rendered(livekit_server={"node_ip": "203.0.113.7"})["livekit.yaml"]
+    assert "bind_addresses" not in public and "node_ip: 203.0.113.7" in public
+    private = rendered(livekit_server={"loopback_only": True})["livekit.yaml"]
+    assert "bind_addresses: [127.0.0.1]" in private and "tcp_port: 0" in private
+    assert "stun_servers: [127.0.0.1:" in private
+
+
+def test_postgres_memory_follows_the_box() -> None:
+    small = postgres_tuning(max_rooms=50, idle_processes=2, total_memory=4 * 2**30, cpus=2)
+    large = postgres_tuning(max_rooms=50, idle_processes=2, total_memory=64 * 2**30, cpus=16)
+    assert small.shared_buffers_mb < large.shared_buffers_mb <= 8192
+    assert large.max_parallel_workers == 16
+    assert small.max_connections >= 2 * 2 * 52
