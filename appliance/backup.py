@@ -350,7 +350,10 @@ def _add(tar: tarfile.TarFile, name: str, fh: IO[bytes], size: int) -> None:
 @contextmanager
 def _workdir(beside: Path) -> Iterator[Path]:
     """A private directory (0700) beside the target: a large dump does not fill /tmp, and the data stays put."""
-    path = Path(tempfile.mkdtemp(prefix=".appliance-backup-", dir=beside))
+    try:
+        path = Path(tempfile.mkdtemp(prefix=".appliance-backup-", dir=beside))
+    except PermissionError:
+        raise ApplianceError(f"{beside}: permission denied; write the backup elsewhere or run as root") from None
     try:
         yield path
     finally:
