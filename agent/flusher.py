@@ -346,6 +346,7 @@ def main() -> None:
     setup_logging()
     faults.arm_from_env(os.environ)
     settings = load_or_exit(AgentSettings)
+    setup_logging(settings.logging)  # now at the configured level and format
     asyncio.run(_serve(settings))
 
 

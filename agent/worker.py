@@ -230,6 +230,7 @@ async def _serve(settings: AgentSettings, baseline: str) -> int:
 def main() -> None:
     setup_logging()
     settings = load_or_exit(AgentSettings)
+    setup_logging(settings.logging)  # now at the configured level and format
     # Benchmark only: bench/rooms.py runs this same worker as a baseline, "defaults" (livekit-agents' forkserver
     # without our modules preloaded) or "spawn". Production never sets it.
     baseline = os.environ.get("APPLIANCE_BENCH_BASELINE", "")

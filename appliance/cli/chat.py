@@ -34,30 +34,15 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
     asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
 
 
-def token(settings: ApplianceSettings, room: str, identity: str) -> str:
-    from livekit import api
-
-    lk = settings.livekit
-    if lk.api_key is None or lk.api_secret is None:
-        raise ApplianceError("livekit.api_key and livekit.api_secret are not set: put them in secrets.toml")
-    grants = api.VideoGrants(room_join=True, room=room)
-    return (
-        api.AccessToken(lk.api_key.get_secret_value(), lk.api_secret.get_secret_value())
-        .with_identity(identity)
-        .with_name(identity)
-        .with_grants(grants)
-        .to_jwt()
-    )
-
-
 async def converse(
     settings: ApplianceSettings, room: str, identity: str, lines: TextIO, wait_s: float, *, interactive: bool
 ) -> None:
     from livekit import rtc
 
     from appliance.chatclient import ChatClient
+    from appliance.tokens import join_token
 
-    client = ChatClient(settings.livekit.url, token(settings, room, identity))
+    client = ChatClient(settings.livekit.url, join_token(settings.livekit, room, identity).token)
     try:
         await client.connect()
     except rtc.ConnectError as exc:
