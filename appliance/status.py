@@ -46,12 +46,14 @@ REDIS_NEAR_CAP = 0.9
 FLUSHER_LAG_HIGH_MS = 30_000.0
 PG_CONNECTIONS_HIGH = 0.9
 # The two worker programs: exactly one normally runs; a graceful restart runs both for a while.
-WORKERS = ("worker", "worker-alt")
+WORKERS: tuple[str, ...] = ("worker", "worker-alt")
 
 
 def worker_status_port(settings: ApplianceSettings, program: str) -> int:
     """The loopback port of a worker program's status endpoint (worker-alt gets its own through its environment)."""
-    return settings.control.alt_status_port if program == "worker-alt" else settings.worker.status_port
+    from appliance.service import status_port
+
+    return status_port(settings, program)
 
 
 class Supervisord(BaseModel):
@@ -167,18 +169,28 @@ def judge(
 
 
 def _program_problems(programs: list[Program]) -> Iterator[str]:
-    by_name = {p.name: p for p in programs}
-    running_workers = [name for name in WORKERS if name in by_name and by_name[name].state == "RUNNING"]
+    others_run = worker_running(programs)
     for program in programs:
-        if program.crash_loop:
-            yield f"{program.name} is crash-looping ({program.unexpected_exits} unexpected exits, {program.state})"
-        if program.state == "RUNNING":
-            continue
-        # The idle one of the two workers is STOPPED (or never started) by design while the other runs.
-        if program.name in WORKERS and running_workers and program.state in ("STOPPED", "EXITED"):
-            continue
+        yield from program_problems(program, worker_running=others_run)
+
+
+def worker_running(programs: list[Program]) -> bool:
+    return any(p.name in WORKERS and p.state == "RUNNING" for p in programs)
+
+
+def program_problems(program: Program, *, worker_running: bool) -> list[str]:
+    """What is wrong with one program, given whether one of the two workers runs."""
+    problems = []
+    if program.crash_loop:
+        problems.append(
+            f"{program.name} is crash-looping ({program.unexpected_exits} unexpected exits, {program.state})"
+        )
+    # The idle one of the two workers is STOPPED (or never started) by design while the other runs.
+    idle_worker = program.name in WORKERS and worker_running and program.state in ("STOPPED", "EXITED")
+    if program.state != "RUNNING" and not idle_worker:
         detail = f": {program.detail}" if program.detail else ""
-        yield f"{program.name} is {program.state}{detail}"
+        problems.append(f"{program.name} is {program.state}{detail}")
+    return problems
 
 
 def _worker_problems(programs: list[Program], workers: list[Worker]) -> Iterator[str]:
@@ -230,12 +242,12 @@ def verdict_line(code: int, problems: list[str], programs: list[Program], worker
 def collect(settings: ApplianceSettings, layout: Layout) -> Report:
     """Probe everything at once, each within its timeout, and judge."""
     probes: dict[str, Callable[[], Any]] = {
-        "supervisor": lambda: _probe_supervisor(layout),
-        "redis": lambda: _probe_redis(settings),
-        "postgres": lambda: _probe_postgres(settings),
+        "supervisor": lambda: probe_supervisor(layout),
+        "redis": lambda: probe_redis(settings),
+        "postgres": lambda: probe_postgres(settings),
     }
     for name in WORKERS:
-        probes[name] = functools.partial(_probe_worker, worker_status_port(settings, name))
+        probes[name] = functools.partial(probe_worker, worker_status_port(settings, name))
     results = _parallel(probes, DEADLINE_S)
 
     supervisor_down = False
@@ -243,9 +255,9 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
     infos: list[ProcessInfo] = []
     sup = results["supervisor"]
     if isinstance(sup, SupervisorDown):
-        supervisord.error, supervisor_down = f"not running: {sup}", True
+        supervisord.error, supervisor_down = str(sup), True
     elif isinstance(sup, BaseException):
-        supervisord.error = f"supervisord: {_error(sup)}"
+        supervisord.error = f"supervisord: {error_text(sup)}"
     else:
         supervisord.ok, supervisord.pid, infos = True, sup[0], sup[1]
 
@@ -259,15 +271,15 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         # With supervisord up, a worker is probed when it runs; without it, whatever answers is shown.
         result = results[name]
         if name in running or (not supervisord.ok and not isinstance(result, BaseException)):
-            workers.append(_worker(name, worker_status_port(settings, name), result))
+            workers.append(worker_report(name, worker_status_port(settings, name), result))
 
     redis_result, pg_result = results["redis"], results["postgres"]
     if isinstance(redis_result, BaseException):
-        redis = Redis(ok=False, error=_error(redis_result))
+        redis = Redis(ok=False, error=error_text(redis_result))
         flusher = Flusher(ok=False, error="unknown: Redis does not answer")
     else:
         redis, flusher = redis_result
-    postgres = Postgres(ok=False, error=_error(pg_result)) if isinstance(pg_result, BaseException) else pg_result
+    postgres = Postgres(ok=False, error=error_text(pg_result)) if isinstance(pg_result, BaseException) else pg_result
 
     code, problems = judge(
         supervisord,
@@ -317,12 +329,12 @@ def _parallel(probes: dict[str, Callable[[], Any]], deadline_s: float) -> dict[s
     return {name: results.get(name, TimeoutError(f"no answer within {deadline_s:.0f} s")) for name in probes}
 
 
-def _error(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return text or type(exc).__name__
 
 
-def _probe_supervisor(layout: Layout) -> tuple[int, list[ProcessInfo]]:
+def probe_supervisor(layout: Layout) -> tuple[int, list[ProcessInfo]]:
     supervisor = Supervisor(layout.supervisor_socket, timeout_s=SUPERVISOR_TIMEOUT_S)
     return supervisor.supervisord_pid(), supervisor.processes()
 
@@ -333,7 +345,8 @@ def _program(info: ProcessInfo, recorded: events_mod.Events | None, now: float) 
         state=info.state,
         pid=info.pid or None,
         uptime_s=info.uptime_s if info.running else None,
-        detail="" if info.running else (info.spawnerr or info.description),
+        # supervisord's description is a date for STOPPED and EXITED; a reason for FATAL and BACKOFF.
+        detail=info.spawnerr or (info.description if info.state in ("FATAL", "BACKOFF") else ""),
     )
     if info.pid:
         program.pss_mb, program.processes = tree_pss_mb(info.pid)
@@ -365,15 +378,15 @@ def tree_pss_mb(pid: int) -> tuple[float | None, int]:
     return round(total / 2**20, 1), counted
 
 
-def _probe_worker(port: int) -> dict[str, Any]:
+def probe_worker(port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=PROBE_TIMEOUT_S) as response:
         body: dict[str, Any] = json.loads(response.read())
     return body
 
 
-def _worker(program: str, port: int, result: Any) -> Worker:
+def worker_report(program: str, port: int, result: Any) -> Worker:
     if isinstance(result, BaseException):
-        return Worker(program=program, port=port, ok=False, error=_error(result))
+        return Worker(program=program, port=port, ok=False, error=error_text(result))
     worker_id = str(result.get("worker_id") or "")
     return Worker(
         program=program,
@@ -388,7 +401,7 @@ def _worker(program: str, port: int, result: Any) -> Worker:
     )
 
 
-def _probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
+def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
     import redis as redis_lib
     from redis.backoff import NoBackoff
     from redis.retry import Retry
@@ -467,7 +480,7 @@ def _flusher(published: dict[str, str]) -> Flusher:
     )
 
 
-def _probe_postgres(settings: ApplianceSettings) -> Postgres:
+def probe_postgres(settings: ApplianceSettings) -> Postgres:
     import psycopg
     from psycopg.conninfo import make_conninfo
 

@@ -157,7 +157,7 @@ def test_missing_restart_counts_are_degraded() -> None:
 
 
 def test_supervisord_down_is_not_running_and_odd_answers_unknown() -> None:
-    down = Supervisord(ok=False, socket="/x.sock", error="not running: no socket at /x.sock")
+    down = Supervisord(ok=False, socket="/x.sock", error="supervisord is not running (no socket at /x.sock)")
     assert verdict([], [], supervisord=down, supervisor_down=True) == (NOT_RUNNING, [down.error])
     odd = Supervisord(ok=False, socket="/x.sock", error="permission denied on /x.sock")
     assert verdict([], [], supervisord=odd) == (UNKNOWN, [odd.error])
@@ -167,7 +167,7 @@ def test_verdict_line() -> None:
     rooms = [registered(rooms=[Room(room="a"), Room(room="b")])]
     assert verdict_line(HEALTHY, [], whole(), rooms) == "healthy: 6 programs running, 2 rooms"
     assert verdict_line(DEGRADED, ["redis is STOPPED", "x"], [], []) == "degraded: redis is STOPPED (+1 more)"
-    assert verdict_line(NOT_RUNNING, ["not running: no socket"], [], []) == "not running: not running: no socket"
+    assert verdict_line(NOT_RUNNING, ["no socket at /x"], [], []) == "not running: no socket at /x"
 
 
 # -- the event listener's counts --------------------------------------------------------------------------------
