@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import backup, chat, config, db, forget, install, logs, service, status, token, uninstall
+from appliance.cli import backup, chat, config, db, doctor, forget, install, logs, service, status, token, uninstall
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -130,6 +130,7 @@ main.add_command(logs.logs)
 main.add_command(service.start)
 main.add_command(service.stop)
 main.add_command(service.restart)
+main.add_command(doctor.doctor)
 main.add_command(status.status)
 main.add_command(token.token)
 main.add_command(uninstall.uninstall)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from appliance import events
+from appliance import doctor, events
 from appliance.cli import main
 from appliance.cli.status import human
 from appliance.layout import Layout
@@ -37,6 +37,7 @@ from appliance.status import (
     secret_values,
     verdict_line,
 )
+from tests.harness.servers import free_port
 
 UP = Supervisord(ok=True, socket="/run/appliance/supervisord.sock", pid=1)
 
@@ -326,8 +327,6 @@ def test_secrets_are_masked_wherever_they_appear() -> None:
 
 
 def nothing_running(tmp_path: Path) -> ApplianceSettings:
-    from tests.harness.servers import free_port
-
     return ApplianceSettings.model_validate(
         {
             "control": {"run_dir": str(tmp_path / "run"), "alt_status_port": free_port()},
@@ -410,3 +409,98 @@ def test_human_view_of_a_healthy_report() -> None:
     assert any(line.endswith("CRASH-LOOP") and "?" in line for line in lines)
     assert any("support-1" in line and "80.5" in line for line in lines)
     assert "redis:    10.0 MB used of 2048 MB (0%), 0 evicted keys, stream backlog 0 (0 pending)" in lines
+
+
+# -- appliance doctor's checks -------------------------------------------------------------------------------------
+
+
+def doctor_settings(tmp_path: Path, **control: object) -> ApplianceSettings:
+    return ApplianceSettings.model_validate(
+        {
+            "control": {"run_dir": str(tmp_path / "run"), "data_dir": str(tmp_path / "data"), **control},
+            "worker": {"health_port": free_port(), "status_port": free_port()},
+            "redis": {"port": free_port()},
+            "postgres": {"port": free_port()},
+            "livekit_server": {"port": free_port(), "rtc_tcp_port": free_port(), "rtc_udp_port": free_port()},
+        }
+    )
+
+
+def test_doctor_check_lines() -> None:
+    assert doctor.passed("disk", "3 GiB free").line() == "ok    disk: 3 GiB free"
+    line = doctor.failed("secrets", "/etc/appliance/secrets.toml is mode 0644", "chmod 0600 x").line()
+    assert line == "FAIL  secrets: /etc/appliance/secrets.toml is mode 0644 -> fix: chmod 0600 x"
+
+
+def test_doctor_without_a_config_file_or_with_a_bad_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(tmp_path / "missing.toml"))
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"FAIL  config: {tmp_path / 'missing.toml'} not found -> fix: install")
+    monkeypatch.setenv("APPLIANCE_CONFIG", str(tmp_path / "appliance.toml"))
+    (tmp_path / "appliance.toml").write_text("[redis]\nport = 0\n")
+    result = CliRunner().invoke(main, ["doctor"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("FAIL  config: redis.port: Input should be greater than or equal to 1")
+    assert len(result.stdout.splitlines()) == 1  # nothing else can be checked without settings
+
+
+def test_doctor_secrets_mode_and_owner(tmp_path: Path) -> None:
+    settings = doctor_settings(tmp_path, user="root")
+    layout = Layout.of(settings, tmp_path / "appliance.toml")
+    [missing] = doctor.check_secrets(settings, layout)
+    assert not missing.ok and "appliance install" in missing.fix
+    layout.secrets_file.write_text("")
+    layout.secrets_file.chmod(0o644)
+    [loose] = doctor.check_secrets(settings, layout)
+    assert (loose.ok, loose.fix) == (False, f"chmod 0600 {layout.secrets_file}")
+    layout.secrets_file.chmod(0o600)
+    if os.geteuid() == 0:
+        [ok] = doctor.check_secrets(settings, layout)
+        assert ok.ok, ok.line()
+    [foreign] = doctor.check_secrets(doctor_settings(tmp_path, user="nobody"), layout)
+    assert not foreign.ok and foreign.fix == f"chown nobody: {layout.secrets_file}"
+
+
+def test_doctor_ports_free_ours_or_taken(tmp_path: Path) -> None:
+    import socket
+
+    settings = doctor_settings(tmp_path)
+    layout = Layout.of(settings, tmp_path / "appliance.toml")
+    [free] = doctor.check_ports(settings, layout)
+    assert free.ok, free.line()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", settings.redis.port))
+        held.listen()
+        [taken] = doctor.check_ports(settings, layout)
+        assert not taken.ok
+        assert f"tcp port {settings.redis.port} (redis.port) is in use by pid {os.getpid()}" in taken.detail
+        assert taken.fix == f"stop that process, or set redis.port to a free port in {layout.config_file}"
+        # the same socket held by "our supervisord" (here: this process, as its pidfile says) is ours
+        layout.run_dir.mkdir()
+        layout.supervisord_pid.write_text(f"{os.getpid()}\n")
+        [ours] = doctor.check_ports(settings, layout)
+        assert ours.ok, ours.line()
+
+
+def test_doctor_pure_helpers(tmp_path: Path) -> None:
+    assert doctor.http_url("ws://127.0.0.1:7880") == "http://127.0.0.1:7880/"
+    assert doctor.http_url("wss://lk.example.com/") == "https://lk.example.com/"
+    redis_says = [sys.executable, "-c", "print('Redis server v=7.2.4 sha=0')"]
+    assert doctor.version_of(redis_says, r"v=(\d+\.\d+(?:\.\d+)?)") == (7, 2, 4)
+    assert doctor.version_of(["/nonexistent/redis-server"], r"v=(\d+)") is None
+    settings = doctor_settings(tmp_path)
+    [disk] = doctor.check_disk(settings, Layout.of(settings, tmp_path / "appliance.toml"))
+    assert disk.ok and "GiB free" in disk.detail
+
+
+def test_doctor_with_nothing_running_fails_with_fixes(tmp_path: Path) -> None:
+    config = tmp_path / "appliance.toml"
+    settings = doctor_settings(tmp_path, user="root")
+    checks = doctor.doctor(config, lambda: settings)
+    by_name = {check.name: check for check in checks}
+    assert by_name["config"].ok
+    assert not by_name["supervisord"].ok and "`appliance start`" in by_name["supervisord"].fix
+    assert not by_name["redis"].ok and not by_name["postgres"].ok and not by_name["livekit"].ok
+    assert not by_name["worker"].ok
+    assert all(check.fix for check in checks if not check.ok)
