@@ -1,0 +1,228 @@
+"""The README's first command on a fresh machine (issue 5, tests 7 and 8, and test 5's re-run figure).
+
+A fresh Debian 12 root made by debootstrap gets a copy of this checkout and runs ``./install.sh --yes`` as root.
+Only the downloads (debootstrap, apt, pip) leave the box, from the host's network namespace; the appliance is then
+restarted from the session's private network namespace, where the runtime checks run, so every packet they send
+stays on loopback. The bundled livekit-server is installed with ``loopback_only`` (every port on 127.0.0.1, ICE on
+lo, a loopback STUN address) and ``--node-ip 127.0.0.1``.
+
+The tests share one root and run in order: install, re-run, uninstall.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.fresh.conftest import TIMINGS
+from tests.harness import livekit
+from tests.harness.chroot import FreshRoot, HostNetwork, clean_stale, mounts_under, pristine_tarball
+from tests.harness.livekit import PrivateNetwork, is_loopback
+from tests.harness.servers import wait_until
+
+pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+SOURCE = "/root/appliance"
+LIVEKIT_BIN = "/root/livekit-server"
+INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
+APPLIANCE = "/opt/appliance/venv/bin/appliance"
+RERUN_LIMIT_S = 15
+# What an appliance leaves on a box, by path; more is found by name and by owner in test 8.
+OURS = [
+    "/opt/appliance",
+    "/etc/appliance",
+    "/var/lib/appliance",
+    "/var/log/appliance",
+    "/run/appliance",
+    "/etc/systemd/system/appliance.service",
+    "/usr/local/bin/appliance",
+    "/etc/postgresql-common/createcluster.d/50-appliance.conf",
+]
+# The appliance's settings for this box: every port of the bundled LiveKit on 127.0.0.1 (the rest is loopback
+# anyway). install keeps an existing config and fills in the rest.
+CONFIG = """\
+[livekit_server]
+loopback_only = true
+"""
+
+
+@dataclass
+class Fresh:
+    root: FreshRoot
+    debian_before: dict[str, object] = field(default_factory=dict)
+    installed: bool = False
+    appliance_uid: int | None = None
+    appliance_gid: int | None = None
+
+
+@pytest.fixture(scope="module")
+def fresh(private_network: PrivateNetwork | None) -> Iterator[Fresh]:
+    if os.geteuid() != 0 or private_network is None:
+        pytest.skip("a debootstrap root, mounts and chroot need root")
+    if not shutil.which("debootstrap"):
+        pytest.skip("debootstrap is not installed (scripts/test installs it)")
+    # The descriptor of the namespace the session came from: downloads go out through it.
+    host = HostNetwork(private_network._home)
+    clean_stale()
+    root = FreshRoot(pristine_tarball(host), host)
+    try:
+        root.copy_checkout(CHECKOUT, SOURCE)
+        root.copy_in(livekit.binary(), LIVEKIT_BIN, mode=0o755)
+        config = root.path / "etc/appliance/appliance.toml"
+        config.parent.mkdir(parents=True)
+        config.write_text(CONFIG)
+        yield Fresh(root)
+    finally:
+        # Test 8 checks that uninstall leaves no process; after a failure, whatever runs is killed here.
+        root.close()
+        assert not mounts_under(root.path), "mounts left under the root"
+
+
+def installed(fresh: Fresh) -> FreshRoot:
+    if not fresh.installed:
+        pytest.skip("the fresh install failed")
+    return fresh.root
+
+
+def debian_instances(root: FreshRoot) -> dict[str, object]:
+    """Debian's own Redis and PostgreSQL on the box: their services enabled or not, clusters, processes."""
+    facts: dict[str, object] = {}
+    for unit in ("redis-server.service", "postgresql.service"):
+        out = root.run(["systemctl", "--root=/", "is-enabled", unit])
+        facts[unit] = out.stdout.strip() == "enabled"
+    clusters = root.run(["sh", "-c", "command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true"])
+    facts["clusters"] = clusters.stdout.split("\n") if clusters.stdout.strip() else []
+    facts["processes"] = sorted(p.name() for p in root.processes() if p.name() in ("redis-server", "postgres"))
+    return facts
+
+
+def explain(done: subprocess.CompletedProcess[str], lines: int = 40) -> str:
+    tail = "\n".join((done.stdout + done.stderr).splitlines()[-lines:])
+    return f"exit {done.returncode}:\n{tail}"
+
+
+def test_install_sh_on_a_fresh_debian_12(fresh: Fresh) -> None:
+    """Test 7: ./install.sh --yes on a fresh root, then status healthy and a chat round trip with the agent."""
+    root = fresh.root
+    fresh.debian_before = debian_instances(root)
+
+    started = time.monotonic()
+    done = root.run(["bash", "-c", INSTALL], host_network=True, timeout=1500)
+    took = time.monotonic() - started
+    TIMINGS.append(("fresh install (install.sh --yes, Debian 12 debootstrap root)", took))
+    print(f"fresh install: {took:.1f} s")
+    assert done.returncode == 0, explain(done)
+    fresh.installed = True
+    user = pwd_entry(root, "appliance")
+    fresh.appliance_uid, fresh.appliance_gid = user
+
+    # Installed from the host's network; the runtime checks belong in the private one: stop, start from here.
+    stopped = root.run([APPLIANCE, "stop"], timeout=600)
+    assert stopped.returncode == 0, explain(stopped)
+    root.wait_no_processes(30)
+    start = root.run([APPLIANCE, "start"], timeout=300)
+    assert start.returncode == 0, explain(start)
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    assert {os.stat(f"/proc/{p.pid}/ns/net").st_ino for p in root.processes()} == {here}
+
+    wait_until(lambda: root.run([APPLIANCE, "status"]).returncode == 0, 180, "appliance status to say healthy")
+    status = root.run([APPLIANCE, "status"])
+    print(status.stdout)
+    assert status.returncode == 0, explain(status)
+
+    listening = subprocess.run(["ss", "-H", "-ltnu"], check=True, capture_output=True, text=True).stdout
+    exposed = [line for line in listening.splitlines() if not is_loopback(line.split()[4].rsplit(":", 1)[0])]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+    script = root.path / "root/chat.txt"
+    script.write_text("hello there\n\nhow many messages now?\n")
+    chat = root.run([APPLIANCE, "chat", "fresh-room", "--identity", "carol", "--script", "/root/chat.txt"])
+    assert chat.returncode == 0, explain(chat)
+    lines = chat.stdout.splitlines()
+    assert lines[0].startswith("agent: Hello!"), lines
+    assert lines[1:3] == [
+        "carol: hello there",
+        "agent: [offline model] I have heard carol. This conversation holds 2 messages. Last: carol: hello there",
+    ]
+    assert lines[3] == "carol: how many messages now?"
+    assert "holds 4 messages" in lines[4]
+
+
+def test_second_install_sh_changes_nothing(fresh: Fresh) -> None:
+    """Test 5's figure on a real box: a re-run reports every step unchanged, restarts nothing, needs no network
+    (it runs in the private namespace) and takes at most 15 s."""
+    root = installed(fresh)
+    before = {p.pid for p in root.processes()}
+
+    started = time.monotonic()
+    done = root.run(["bash", "-c", INSTALL], timeout=300)
+    took = time.monotonic() - started
+    TIMINGS.append(("second install.sh --yes (nothing to do)", took))
+    output = done.stdout + done.stderr
+    print(f"re-run: {took:.1f} s\n{output}")
+    assert done.returncode == 0, explain(done)
+
+    # install.sh's steps ("install.sh: STEP OUTCOME ...") and appliance install's ("  OUTCOME  WHAT").
+    steps = [line.split() for line in output.splitlines() if line.startswith("install.sh: ")]
+    assert {words[2] for words in steps if words[1] != "log"} <= {"ok", "unchanged", "done"}, output
+    assert {line.split()[0] for line in output.splitlines() if line.startswith("  ")} <= {"unchanged", "healthy"}
+    assert {p.pid for p in root.processes()} == before, "a re-run restarted something"
+    assert took <= RERUN_LIMIT_S
+
+
+def test_uninstall_purge_leaves_nothing(fresh: Fresh) -> None:
+    """Test 8: no process, user, unit or file of ours is left, and Debian's own instances are as they were."""
+    root = installed(fresh)
+    assert fresh.appliance_uid is not None
+
+    done = root.run([APPLIANCE, "uninstall", "--purge", "--yes"], timeout=600)
+    print(done.stdout + done.stderr)
+    assert done.returncode == 0, explain(done)
+
+    assert not root.processes(), [f"{p.name()} ({p.pid})" for p in root.processes()]
+    assert [path for path in OURS if root.exists(path)] == []
+    assert not list((root.path / "etc/systemd/system").glob("*.wants/appliance.service"))
+    for table in ("passwd", "group", "shadow", "gshadow"):
+        names = [line.split(":")[0] for line in (root.path / "etc" / table).read_text().splitlines()]
+        assert "appliance" not in names, f"/etc/{table} still names the appliance"
+    assert leftovers(root, fresh.appliance_uid, fresh.appliance_gid) == []
+    assert debian_instances(root) == fresh.debian_before
+
+
+def pwd_entry(root: FreshRoot, name: str) -> tuple[int, int]:
+    for line in (root.path / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"no user {name} in the root")
+
+
+def leftovers(root: FreshRoot, uid: int, gid: int | None) -> list[str]:
+    """Files in the root owned by the appliance's user or group, or named for it, that no Debian package
+    ships; the test's own inputs (/root) aside."""
+    packaged = set()
+    for listing in (root.path / "var/lib/dpkg/info").glob("*.list"):
+        packaged.update(listing.read_text().splitlines())
+    skip = {root.path / d for d in ("proc", "sys", "dev", "run", "root", "var/cache/apt/archives")}
+    found = []
+    for top, dirs, files in os.walk(root.path):
+        here = Path(top)
+        dirs[:] = [d for d in dirs if here / d not in skip]
+        for name in dirs + files:
+            path = here / name
+            inside = "/" + str(path.relative_to(root.path))
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if (st.st_uid == uid or st.st_gid == gid or "appliance" in name) and inside not in packaged:
+                found.append(inside)
+    return found
