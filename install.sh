@@ -152,7 +152,7 @@ start_log() {
     (umask 077 && : >>"$log_file")
     # Both streams reach the terminal as before and the log as well.
     exec > >(tee -a "$log_file") 2> >(tee -a "$log_file" >&2)
-    echo "install.sh: log in $log_file"
+    step log "$log_file"
 }
 
 on_error() {
@@ -345,7 +345,7 @@ preflight() {
     # Versions: what is installed, else what apt would install (after refreshing its lists if anything is missing).
     mapfile -t to_install < <(missing_packages)
     if ((${#to_install[@]})); then
-        step "apt lists" "refreshing (to install: ${to_install[*]})"
+        step apt-lists "refreshing (to install: ${to_install[*]})"
         apt-get update -qq >>"$log_file" 2>&1 ||
             die "apt-get update failed (see $log_file): this box must reach its package mirror to install ${to_install[*]}"
     fi
@@ -435,7 +435,7 @@ record_state() {
         echo "SERVICES_DISABLED=\"\""
     } >"$tmp"
     mv "$tmp" "$STATE_FILE"
-    step "state" "recorded in $STATE_FILE"
+    step state "recorded in $STATE_FILE"
 }
 
 state_key() {
@@ -542,12 +542,11 @@ ensure_debian_services_off() {
         state_add SERVICES_DISABLED "$unit"
     done
     if ((${#changed[@]})); then
-        step "debian services" "$(
-            IFS=,
-            echo "${changed[*]}"
-        )"
+        local joined
+        joined=$(printf '%s, ' "${changed[@]}")
+        step debian-services "${joined%, }"
     else
-        step "debian services" "unchanged"
+        step debian-services "unchanged"
     fi
 }
 
@@ -693,7 +692,7 @@ main() {
     ensure_project
     ensure_cli_link
     ensure_livekit
-    step "install.sh" "done in $((SECONDS - started)) s; handing over to appliance install"
+    step handover "done in $((SECONDS - started)) s: appliance install takes over"
     remove_policy_rc
     trap - ERR EXIT
     exec "$VENV/bin/appliance" install "$@"

@@ -263,22 +263,27 @@ def _systemctl(*args: str) -> None:
 
 
 def our_processes(plan: Plan) -> list[psutil.Process]:
-    """Processes of this appliance: run by its user (unless that is root), or from its files' directories.
+    """Processes of this appliance, and their descendants: those started with its config (APPLIANCE_CONFIG) or
+    from its directories, and, on a box install.sh installed, everything its user runs.
 
-    Only processes under the same root directory count (in a chroot, /proc also shows the host's).
+    The user alone does not decide elsewhere: appliances installed into test prefixes share it. Only processes
+    under our root directory count (in a chroot, /proc also shows the host's).
     """
-    try:
-        uid: int | None = pwd.getpwnam(plan.user).pw_uid
-    except KeyError:
-        uid = None
-    if uid == 0:
-        uid = None
+    uid: int | None = None
+    if plan.home is not None:
+        try:
+            uid = pwd.getpwnam(plan.user).pw_uid or None  # never root's processes
+        except KeyError:
+            pass
     layout = plan.layout
+    config = str(layout.config_file)
     markers = [f"{p}/" for p in (plan.home, layout.etc_dir, layout.data_dir, layout.run_dir) if p]
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
     here = os.stat("/")
-    found = []
-    for proc in psutil.process_iter(["uids", "cmdline", "exe", "status"]):
+    candidates: dict[int, psutil.Process] = {}
+    parent: dict[int, int] = {}
+    ours: set[int] = set()
+    for proc in psutil.process_iter(["uids", "cmdline", "exe", "status", "ppid"]):
         if proc.pid in spared or proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
@@ -287,13 +292,29 @@ def our_processes(plan: Plan) -> list[psutil.Process]:
             continue
         if (root.st_dev, root.st_ino) != (here.st_dev, here.st_ino):
             continue
+        candidates[proc.pid] = proc
+        parent[proc.pid] = proc.info["ppid"]
         uids = proc.info["uids"]
         words = [*(proc.info["cmdline"] or []), proc.info["exe"] or ""]
-        if (uid is not None and uids is not None and uids.real == uid) or any(
-            marker in word or word == marker.rstrip("/") for word in words for marker in markers
+        if (
+            (uid is not None and uids is not None and uids.real == uid)
+            or any(marker in word for word in words for marker in markers)
+            or _environ(proc).get("APPLIANCE_CONFIG") == config
         ):
-            found.append(proc)
-    return found
+            ours.add(proc.pid)
+    grown = True
+    while grown:
+        more = {pid for pid, ppid in parent.items() if ppid in ours} - ours
+        ours |= more
+        grown = bool(more)
+    return [candidates[pid] for pid in sorted(ours)]
+
+
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    try:
+        return proc.environ()
+    except (psutil.Error, OSError):
+        return {}
 
 
 def _end_leftovers(plan: Plan, report: Report, progress: Progress) -> None:
