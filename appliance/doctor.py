@@ -67,9 +67,19 @@ def config_checks(
     try:
         settings = load()
     except SettingsError as exc:
-        checks = [failed("config", line, f"correct it in {config_file} (or its secrets file)") for line in exc.errors]
-        return checks, None
+        return [failed("config", line, _settings_fix(line, config_file)) for line in exc.errors], None
     return [passed("config", f"{config_file} is valid")], settings
+
+
+def _settings_fix(error: str, config_file: Path) -> str:
+    path = error.split(": ", 1)[0]
+    if "must be mode 0600" in error:
+        return f"chmod 0600 {path}"
+    if "permission denied" in error:
+        return "run as root or as the service user"
+    if "secrets are not allowed" in error:
+        return "move it as the message says"
+    return f"correct it in {config_file}, its secrets file or the APPLIANCE_* environment"
 
 
 def run_checks(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]:
@@ -162,13 +172,13 @@ def check_binaries(settings: ApplianceSettings, layout: Layout) -> Iterator[Chec
         try:
             postgres = postgres_bindir() / "postgres"
         except FileNotFoundError as exc:
-            yield failed("postgres", str(exc), "apt-get install postgresql")
+            yield failed("postgres binary", str(exc), "apt-get install postgresql")
         else:
             pg_version = version_of([str(postgres), "--version"], r"\(PostgreSQL\) (\d+(?:\.\d+)?)")
             if pg_version is None:
-                yield failed("postgres", f"{postgres} does not run", "apt-get install --reinstall postgresql")
+                yield failed("postgres binary", f"{postgres} does not run", "apt-get install --reinstall postgresql")
             else:
-                yield passed("postgres", f"{postgres} {_dotted(pg_version)}")
+                yield passed("postgres binary", f"{postgres} {_dotted(pg_version)}")
     if settings.bundles_livekit:
         binary_path = settings.livekit_server.bin
         lk_version = version_of([str(binary_path), "--version"], r"version (\d+(?:\.\d+)*)")
