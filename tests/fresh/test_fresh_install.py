@@ -6,7 +6,8 @@ restarted from the session's private network namespace, where the runtime checks
 stays on loopback. The bundled livekit-server is installed with ``loopback_only`` (every port on 127.0.0.1, ICE on
 lo, a loopback STUN address) and ``--node-ip 127.0.0.1``.
 
-The tests share one root and run in order: install, re-run, uninstall.
+The tests share one root and run in order: install, re-run, uninstall keeping the data and install again,
+uninstall --purge.
 """
 
 from __future__ import annotations
@@ -124,16 +125,7 @@ def test_install_sh_on_a_fresh_debian_12(fresh: Fresh) -> None:
     user = pwd_entry(root, "appliance")
     fresh.appliance_uid, fresh.appliance_gid = user
 
-    # Installed from the host's network; the runtime checks belong in the private one: stop, start from here.
-    stopped = root.run([APPLIANCE, "stop"], timeout=600)
-    assert stopped.returncode == 0, explain(stopped)
-    root.wait_no_processes(30)
-    start = root.run([APPLIANCE, "start"], timeout=300)
-    assert start.returncode == 0, explain(start)
-    here = os.stat("/proc/thread-self/ns/net").st_ino
-    assert {os.stat(f"/proc/{p.pid}/ns/net").st_ino for p in root.processes()} == {here}
-
-    wait_until(lambda: root.run([APPLIANCE, "status"]).returncode == 0, 180, "appliance status to say healthy")
+    restart_here(root)
     status = root.run([APPLIANCE, "status"])
     print(status.stdout)
     assert status.returncode == 0, explain(status)
@@ -178,12 +170,43 @@ def test_second_install_sh_changes_nothing(fresh: Fresh) -> None:
     assert took <= RERUN_LIMIT_S
 
 
+def test_uninstall_keeps_the_data_for_a_reinstall(fresh: Fresh) -> None:
+    """Without --purge: programs, configs and unit go; data, logs, secrets and user stay, and install.sh then
+    brings the appliance back on them (the PostgreSQL cluster holds the password in secrets.toml)."""
+    root = installed(fresh)
+    secrets = root.path / "etc/appliance/secrets.toml"
+    secrets_before = secrets.read_bytes()
+
+    done = root.run([APPLIANCE, "uninstall", "--yes"], timeout=600)
+    print(done.stdout + done.stderr)
+    assert done.returncode == 0, explain(done)
+    assert not root.processes(), [f"{p.name()} ({p.pid})" for p in root.processes()]
+    gone = ["/opt/appliance", "/etc/appliance/appliance.toml", "/etc/systemd/system/appliance.service"]
+    assert [path for path in gone if root.exists(path)] == []
+    assert root.exists("/var/lib/appliance/postgres/PG_VERSION") and root.exists("/var/log/appliance")
+    assert secrets.read_bytes() == secrets_before
+    assert pwd_entry(root, "appliance") == (fresh.appliance_uid, fresh.appliance_gid)
+
+    # The operator's settings went with /etc/appliance; this box's (loopback only) are written again.
+    (root.path / "etc/appliance/appliance.toml").write_text(CONFIG)
+    started = time.monotonic()
+    again = root.run(["bash", "-c", INSTALL], host_network=True, timeout=1500)
+    took = time.monotonic() - started
+    TIMINGS.append(("install.sh --yes after uninstall (data kept)", took))
+    assert again.returncode == 0, explain(again)
+    output = again.stdout + again.stderr
+    assert "unchanged  PostgreSQL cluster" in output and "unchanged  secrets" in output, output
+    restart_here(root)
+
+
 def test_uninstall_purge_leaves_nothing(fresh: Fresh) -> None:
     """Test 8: no process, user, unit or file of ours is left, and Debian's own instances are as they were."""
     root = installed(fresh)
     assert fresh.appliance_uid is not None
 
+    started = time.monotonic()
     done = root.run([APPLIANCE, "uninstall", "--purge", "--yes"], timeout=600)
+    TIMINGS.append(("appliance uninstall --purge --yes", time.monotonic() - started))
     print(done.stdout + done.stderr)
     assert done.returncode == 0, explain(done)
 
@@ -195,6 +218,19 @@ def test_uninstall_purge_leaves_nothing(fresh: Fresh) -> None:
         assert "appliance" not in names, f"/etc/{table} still names the appliance"
     assert leftovers(root, fresh.appliance_uid, fresh.appliance_gid) == []
     assert debian_instances(root) == fresh.debian_before
+
+
+def restart_here(root: FreshRoot) -> None:
+    """The appliance, installed from the host's network, stopped and started again from the private one, where
+    the runtime checks run; then healthy."""
+    stopped = root.run([APPLIANCE, "stop"], timeout=600)
+    assert stopped.returncode == 0, explain(stopped)
+    root.wait_no_processes(30)
+    start = root.run([APPLIANCE, "start"], timeout=300)
+    assert start.returncode == 0, explain(start)
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    assert {os.stat(f"/proc/{p.pid}/ns/net").st_ino for p in root.processes()} == {here}
+    wait_until(lambda: root.run([APPLIANCE, "status"]).returncode == 0, 180, "appliance status to say healthy")
 
 
 def pwd_entry(root: FreshRoot, name: str) -> tuple[int, int]:
