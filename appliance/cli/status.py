@@ -51,7 +51,8 @@ def human(report: Report) -> list[str]:
     for problem in report.problems[1:]:
         lines.append(f"  also: {problem}")
     if report.programs:
-        rows: list[tuple[str, ...]] = [("PROGRAM", "STATE", "PID", "UPTIME", "PSS MB", "RESTARTS", "")]
+        # PSS covers the program's process and its descendants (PROCS of them): a worker's rooms, Postgres backends.
+        rows: list[tuple[str, ...]] = [("PROGRAM", "STATE", "PID", "UPTIME", "PSS MB", "PROCS", "RESTARTS", "")]
         for p in report.programs:
             restarts = "?" if p.restarts is None else str(p.restarts)
             rows.append(
@@ -61,6 +62,7 @@ def human(report: Report) -> list[str]:
                     _opt(p.pid),
                     _duration(p.uptime_s),
                     _opt(p.pss_mb),
+                    str(p.processes) if p.processes else "-",
                     restarts,
                     "CRASH-LOOP" if p.crash_loop else "",
                 )

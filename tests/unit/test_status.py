@@ -404,7 +404,7 @@ def test_human_view_of_a_healthy_report() -> None:
     )
     lines = human(report)
     assert lines[0] == report.verdict
-    assert lines[2].split() == ["PROGRAM", "STATE", "PID", "UPTIME", "PSS", "MB", "RESTARTS"]
+    assert lines[2].split() == ["PROGRAM", "STATE", "PID", "UPTIME", "PSS", "MB", "PROCS", "RESTARTS"]
     assert lines[3].split()[:4] == ["events", "RUNNING", "100", "1m00s"]
     assert any(line.endswith("CRASH-LOOP") and "?" in line for line in lines)
     assert any("support-1" in line and "80.5" in line for line in lines)
