@@ -10,7 +10,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, cast
 
-from supervisor.xmlrpc import SupervisorTransport
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from appliance.errors import ApplianceError
 
@@ -57,10 +57,8 @@ class Supervisor:
         if not self.socket_path.exists():
             raise SupervisorDown(f"supervisord is not running (no socket at {self.socket_path})")
         transport = SupervisorTransport(serverurl=f"unix://{self.socket_path}")
+        transport._get_connection = lambda: _TimedUnixConnection(str(self.socket_path), self.timeout_s)
         proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
-        # supervisor's unix connection sets no timeout; the default one bounds a hung supervisord.
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(self.timeout_s)
         try:
             return getattr(proxy.supervisor, method)(*args)
         except PermissionError:
@@ -72,7 +70,6 @@ class Supervisor:
         except (OSError, HTTPException, xmlrpc.client.ProtocolError) as exc:
             raise SupervisorDenied(f"supervisord at {self.socket_path} does not answer properly: {exc}") from None
         finally:
-            socket.setdefaulttimeout(previous)
             transport.close()
 
     def state(self) -> str:
@@ -149,6 +146,19 @@ class Supervisor:
         except (SupervisorDenied, xmlrpc.client.Fault):  # a Fault: it answers, e.g. SHUTDOWN_STATE
             return True
         return True
+
+
+class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
+    """supervisor's unix-socket connection, with a timeout: a hung supervisord must not hang the CLI."""
+
+    def __init__(self, path: str, timeout_s: float) -> None:
+        super().__init__("localhost", timeout=timeout_s)
+        self.socketfile = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socketfile)
 
 
 def _info(raw: dict[str, Any]) -> ProcessInfo:
