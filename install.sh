@@ -156,9 +156,17 @@ start_log() {
 }
 
 on_error() {
-    local rc=$1 line=$2 command=$3
+    local rc=$1 line=$2 command=$3 last=""
+    # Read before anything below reaches the log through tee.
+    if [[ -n $log_file ]]; then
+        last=$(grep -v '^[[:space:]]*$' "$log_file" | tail -n 6 | sed 's/^/  | /')
+    fi
     echo "error: install.sh failed (exit $rc) at line $line: $command" >&2
-    echo "error: nothing is left half-done: fix the cause and re-run ./install.sh, it resumes where it stopped${log_file:+ (log: $log_file)}" >&2
+    if [[ -n $last ]]; then
+        echo "error: the log ends with:" >&2
+        echo "$last" >&2
+    fi
+    echo "error: fix the cause and re-run ./install.sh: it checks every step again and resumes where it stopped${log_file:+ (log: $log_file)}" >&2
 }
 trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
 
@@ -509,10 +517,11 @@ ensure_packages() {
         chmod 0755 "$POLICY_RC"
         policy_rc_ours=1
     fi
+    # Recorded first: after a failed apt run, a re-run sees some of them installed but they are still ours.
+    state_add PACKAGES_ADDED "${to_install[@]}"
     step packages "installing ${to_install[*]} (apt output in the log)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${to_install[@]}" >>"$log_file" 2>&1
     remove_policy_rc
-    state_add PACKAGES_ADDED "${to_install[@]}"
     step packages "installed ${to_install[*]}"
 }
 
@@ -523,7 +532,16 @@ remove_policy_rc() {
         policy_rc_ours=0
     fi
 }
-trap remove_policy_rc EXIT
+
+# One directory for every temporary file, removed however the script ends.
+scratch=""
+cleanup() {
+    remove_policy_rc
+    if [[ -n $scratch ]]; then
+        rm -rf "$scratch"
+    fi
+}
+trap cleanup EXIT
 
 # Debian's redis-server and postgresql services that came with our packages stay off: the appliance runs its own.
 ensure_debian_services_off() {
@@ -571,7 +589,8 @@ ensure_venv() {
 # The project, from a copy of this checkout, reinstalled only when that copy differs from the installed one.
 ensure_project() {
     local work archive digest
-    work=$(mktemp -d)
+    work=$scratch/project
+    mkdir "$work"
     archive=$work/source.tar
     # A deterministic archive of what the package is built from: its digest says whether anything changed.
     tar -C "$src" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=u+rw,go+r,go-w \
@@ -624,7 +643,7 @@ ensure_livekit() {
             install_binary "$server_bin" ;;
         go)
             local gobin
-            gobin=$(mktemp -d)
+            gobin=$scratch/gobin
             step livekit-server "building $LIVEKIT_VERSION with Go (a few minutes the first time)"
             GOBIN=$gobin go install "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_VERSION" >>"$log_file" 2>&1 ||
                 die "go install of livekit-server $LIVEKIT_VERSION failed (see $log_file): pass --livekit-server-bin PATH instead"
@@ -646,7 +665,8 @@ download_livekit() {
     local arch want work url
     arch=$(dpkg --print-architecture)
     want=${LIVEKIT_SHA256[$arch]}
-    work=$(mktemp -d)
+    work=$scratch/download
+    mkdir "$work"
     url="https://github.com/livekit/livekit/releases/download/v$LIVEKIT_VERSION/livekit_${LIVEKIT_VERSION}_linux_$arch.tar.gz"
     step livekit-server "downloading $url"
     /usr/bin/python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
@@ -681,6 +701,7 @@ main() {
     src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     [[ -f $src/pyproject.toml && -d $src/appliance ]] || die "$src is not the appliance's checkout"
     start_log
+    scratch=$(mktemp -d)
     local started=$SECONDS
     read_settings
     preflight
@@ -693,7 +714,7 @@ main() {
     ensure_cli_link
     ensure_livekit
     step handover "done in $((SECONDS - started)) s: appliance install takes over"
-    remove_policy_rc
+    cleanup
     trap - ERR EXIT
     exec "$VENV/bin/appliance" install "$@"
 }
