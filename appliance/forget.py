@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from agent.settings import AgentSettings
 from agent.store.keys import GROUP, Keys, digest
 from agent.store.records import check_id
-from agent.store.spool import Spool
+from agent.store.spool import Spool, fsync_dir
 from appliance.errors import ApplianceError
 from appliance.stores import on_redis, postgres_connection, redis_client
 
@@ -172,7 +172,7 @@ def _drop_spooled(spool: Spool, out: Forgotten) -> None:
                 _replace(path, b"".join(kept), info)
             else:
                 path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             out.spool_lines += dropped
             out.spool_files += 1
         finally:
@@ -297,14 +297,6 @@ def _replace(path: Path, data: bytes, like: os.stat_result) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _text(value: bytes | str) -> str:

@@ -55,7 +55,7 @@ class Spool:
                     view = view[os.write(fd, view) :]
                 os.fsync(fd)
                 if info.st_size == 0:
-                    _fsync_dir(self.directory)  # a new file: make its name durable too
+                    fsync_dir(self.directory)  # a new file: make its name durable too
                 return
             finally:
                 os.close(fd)
@@ -118,10 +118,11 @@ class Spool:
     def discard(self, path: Path) -> None:
         """Remove an imported file; call only inside ``claim`` for that path."""
         path.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a file's creation, rename or removal in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
