@@ -13,28 +13,31 @@ uninstall --purge.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.fresh.box import (
+    APPLIANCE,
+    INSTALL,
+    DebianInstances,
+    debian_instances,
+    explain,
+    fresh_root,
+    pwd_entry,
+    restart_here,
+    write_config,
+)
 from tests.fresh.conftest import TIMINGS
-from tests.harness import livekit
-from tests.harness.chroot import FreshRoot, HostNetwork, clean_stale, mounts_under, pristine_tarball
+from tests.harness.chroot import FreshRoot
 from tests.harness.livekit import PrivateNetwork, is_loopback
-from tests.harness.servers import wait_until
 
 pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
 
-CHECKOUT = Path(__file__).resolve().parents[2]
-SOURCE = "/root/appliance"
-LIVEKIT_BIN = "/root/livekit-server"
-INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
-APPLIANCE = "/opt/appliance/venv/bin/appliance"
 RERUN_LIMIT_S = 15
 # What an appliance leaves on a box, by path; more is found by name and by owner in test 8.
 OURS = [
@@ -47,18 +50,12 @@ OURS = [
     "/usr/local/bin/appliance",
     "/etc/postgresql-common/createcluster.d/50-appliance.conf",
 ]
-# The appliance's settings for this box: every port of the bundled LiveKit on 127.0.0.1 (the rest is loopback
-# anyway). install keeps an existing config and fills in the rest.
-CONFIG = """\
-[livekit_server]
-loopback_only = true
-"""
 
 
 @dataclass
 class Fresh:
     root: FreshRoot
-    debian_before: dict[str, object] = field(default_factory=dict)
+    debian_before: DebianInstances | None = None
     installed: bool = False
     appliance_uid: int | None = None
     appliance_gid: int | None = None
@@ -66,48 +63,14 @@ class Fresh:
 
 @pytest.fixture(scope="module")
 def fresh(private_network: PrivateNetwork | None) -> Iterator[Fresh]:
-    if os.geteuid() != 0 or private_network is None:
-        pytest.skip("a debootstrap root, mounts and chroot need root")
-    if not shutil.which("debootstrap"):
-        pytest.skip("debootstrap is not installed (scripts/test installs it)")
-    # The descriptor of the namespace the session came from: downloads go out through it.
-    host = HostNetwork(private_network._home)
-    clean_stale()
-    root = FreshRoot(pristine_tarball(host), host)
-    try:
-        root.copy_checkout(CHECKOUT, SOURCE)
-        root.copy_in(livekit.binary(), LIVEKIT_BIN, mode=0o755)
-        config = root.path / "etc/appliance/appliance.toml"
-        config.parent.mkdir(parents=True)
-        config.write_text(CONFIG)
+    with fresh_root(private_network) as root:
         yield Fresh(root)
-    finally:
-        # Test 8 checks that uninstall leaves no process; after a failure, whatever runs is killed here.
-        root.close()
-        assert not mounts_under(root.path), "mounts left under the root"
 
 
 def installed(fresh: Fresh) -> FreshRoot:
     if not fresh.installed:
         pytest.skip("the fresh install failed")
     return fresh.root
-
-
-def debian_instances(root: FreshRoot) -> dict[str, object]:
-    """Debian's own Redis and PostgreSQL on the box: their services enabled or not, clusters, processes."""
-    facts: dict[str, object] = {}
-    for unit in ("redis-server.service", "postgresql.service"):
-        out = root.run(["systemctl", "--root=/", "is-enabled", unit])
-        facts[unit] = out.stdout.strip() == "enabled"
-    clusters = root.run(["sh", "-c", "command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true"])
-    facts["clusters"] = clusters.stdout.split("\n") if clusters.stdout.strip() else []
-    facts["processes"] = sorted(p.name() for p in root.processes() if p.name() in ("redis-server", "postgres"))
-    return facts
-
-
-def explain(done: subprocess.CompletedProcess[str], lines: int = 40) -> str:
-    tail = "\n".join((done.stdout + done.stderr).splitlines()[-lines:])
-    return f"exit {done.returncode}:\n{tail}"
 
 
 def test_install_sh_on_a_fresh_debian_12(fresh: Fresh) -> None:
@@ -188,7 +151,7 @@ def test_uninstall_keeps_the_data_for_a_reinstall(fresh: Fresh) -> None:
     assert pwd_entry(root, "appliance") == (fresh.appliance_uid, fresh.appliance_gid)
 
     # The operator's settings went with /etc/appliance; this box's (loopback only) are written again.
-    (root.path / "etc/appliance/appliance.toml").write_text(CONFIG)
+    write_config(root)
     started = time.monotonic()
     again = root.run(["bash", "-c", INSTALL], host_network=True, timeout=1500)
     took = time.monotonic() - started
@@ -218,27 +181,6 @@ def test_uninstall_purge_leaves_nothing(fresh: Fresh) -> None:
         assert "appliance" not in names, f"/etc/{table} still names the appliance"
     assert leftovers(root, fresh.appliance_uid, fresh.appliance_gid) == []
     assert debian_instances(root) == fresh.debian_before
-
-
-def restart_here(root: FreshRoot) -> None:
-    """The appliance, installed from the host's network, stopped and started again from the private one, where
-    the runtime checks run; then healthy."""
-    stopped = root.run([APPLIANCE, "stop"], timeout=600)
-    assert stopped.returncode == 0, explain(stopped)
-    root.wait_no_processes(30)
-    start = root.run([APPLIANCE, "start"], timeout=300)
-    assert start.returncode == 0, explain(start)
-    here = os.stat("/proc/thread-self/ns/net").st_ino
-    assert {os.stat(f"/proc/{p.pid}/ns/net").st_ino for p in root.processes()} == {here}
-    wait_until(lambda: root.run([APPLIANCE, "status"]).returncode == 0, 180, "appliance status to say healthy")
-
-
-def pwd_entry(root: FreshRoot, name: str) -> tuple[int, int]:
-    for line in (root.path / "etc/passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2]), int(fields[3])
-    raise AssertionError(f"no user {name} in the root")
 
 
 def leftovers(root: FreshRoot, uid: int, gid: int | None) -> list[str]:

@@ -1,0 +1,63 @@
+"""A box that already runs Debian's own Redis and PostgreSQL for something else (issue 5, test 8's other half):
+install.sh and uninstall leave them exactly as they were: enabled, running (the same processes), the same
+clusters. Ours are separate (own data, sockets, ports)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fresh.box import APPLIANCE, INSTALL, debian_instances, explain, fresh_root
+from tests.fresh.conftest import TIMINGS
+from tests.harness.chroot import FreshRoot
+from tests.harness.livekit import PrivateNetwork
+
+pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
+
+CREATECLUSTER_CONF = "/etc/postgresql-common/createcluster.d/50-appliance.conf"
+
+
+def start_debian_instances(root: FreshRoot) -> None:
+    """redis-server and postgresql installed as Debian ships them (a main cluster on 5432, Redis on 6379), started
+    from the private network namespace, as this box's own services."""
+    policy = root.path / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")  # installed here, started below where we want them
+    policy.chmod(0o755)
+    apt = root.run(
+        ["sh", "-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends redis-server postgresql"],
+        host_network=True,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+        timeout=900,
+    )
+    policy.unlink()
+    assert apt.returncode == 0, explain(apt)
+    for command in (["/etc/init.d/redis-server", "start"], ["pg_ctlcluster", "15", "main", "start"]):
+        done = root.run(command, timeout=60)
+        assert done.returncode == 0, explain(done)
+
+
+def test_debian_redis_and_postgresql_already_running_are_left_alone(private_network: PrivateNetwork | None) -> None:
+    with fresh_root(private_network) as root:
+        start_debian_instances(root)
+        before = debian_instances(root)
+        assert before.redis_enabled and before.postgresql_enabled, before
+        assert [line.split()[:4] for line in before.clusters] == [["15", "main", "5432", "online"]]
+        assert [name for name, _ in before.processes] == ["postgres", "redis-server"]
+
+        started = time.monotonic()
+        done = root.run(["bash", "-c", INSTALL], host_network=True, timeout=1500)
+        TIMINGS.append(("install.sh --yes beside Debian's own Redis and PostgreSQL", time.monotonic() - started))
+        assert done.returncode == 0, explain(done)
+        assert "install.sh: debian-services        unchanged" in done.stdout
+        assert not root.exists(CREATECLUSTER_CONF)
+        state = (root.path / "var/lib/appliance/install-state.env").read_text()
+        assert "REDIS_SERVER_PACKAGE=installed" in state and "POSTGRESQL_PACKAGE=installed" in state
+        assert debian_instances(root) == before
+
+        done = root.run([APPLIANCE, "uninstall", "--purge", "--yes"], timeout=600)
+        assert done.returncode == 0, explain(done)
+        assert debian_instances(root) == before
+        left = {p.name() for p in root.processes()}
+        assert left <= {"redis-server", "postgres"}, left
+        assert not root.exists("/opt/appliance") and not root.exists("/var/lib/appliance")
