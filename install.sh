@@ -428,6 +428,7 @@ record_state() {
     {
         echo "# Written by install.sh on its first run: the box before the appliance. \`appliance uninstall\` reads it."
         echo "APPLIANCE_HOME=$APPLIANCE_HOME"
+        echo "CONFIG_FILE=${APPLIANCE_CONFIG:-/etc/appliance/appliance.toml}"
         echo "INSTALLED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "CLI_LINK=$CLI_LINK"
         echo "CREATECLUSTER_CONF=$CREATECLUSTER_CONF"

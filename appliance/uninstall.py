@@ -147,7 +147,9 @@ class Plan:
             if conf:
                 paths.append(conf)
         if self.purge:
-            paths += [layout.data_dir, layout.log_dir, layout.spool_dir, self.state_file]
+            paths += [layout.data_dir, layout.log_dir, layout.spool_dir]
+            if self.state:
+                paths.append(self.state_file)
         if self.home:
             paths.append(self.home)
         # A path inside one already listed goes with it.
@@ -184,12 +186,17 @@ class Report:
 
 
 def plan(settings: ApplianceSettings, layout: Layout, *, purge: bool, state_file: Path = STATE_FILE) -> Plan:
+    state = InstallState.read(state_file)
+    # install.sh's state is about the appliance of the config it installed; another one (a test prefix) on the
+    # same box must not remove /opt/appliance.
+    if state and state.path("CONFIG_FILE") not in (None, layout.config_file):
+        state = None
     return Plan(
         layout=layout,
         user=settings.control.user,
         purge=purge,
         state_file=state_file,
-        state=InstallState.read(state_file),
+        state=state,
         systemd=systemd_runs(),
     )
 
@@ -279,18 +286,11 @@ def our_processes(plan: Plan) -> list[psutil.Process]:
     config = str(layout.config_file)
     markers = [f"{p}/" for p in (plan.home, layout.etc_dir, layout.data_dir, layout.run_dir) if p]
     spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    here = os.stat("/")
     candidates: dict[int, psutil.Process] = {}
     parent: dict[int, int] = {}
     ours: set[int] = set()
     for proc in psutil.process_iter(["uids", "cmdline", "exe", "status", "ppid"]):
-        if proc.pid in spared or proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        try:
-            root = os.stat(f"/proc/{proc.pid}/root")
-        except OSError:
-            continue
-        if (root.st_dev, root.st_ino) != (here.st_dev, here.st_ino):
+        if proc.pid in spared or proc.info["status"] == psutil.STATUS_ZOMBIE or not _same_root(proc.pid):
             continue
         candidates[proc.pid] = proc
         parent[proc.pid] = proc.info["ppid"]
@@ -308,6 +308,15 @@ def our_processes(plan: Plan) -> list[psutil.Process]:
         ours |= more
         grown = bool(more)
     return [candidates[pid] for pid in sorted(ours)]
+
+
+def _same_root(pid: int) -> bool:
+    """Whether the process sees the same / as we do (in a chroot, /proc also shows the host's processes)."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return False
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:
@@ -404,10 +413,21 @@ def _remove_user(user: str, report: Report, progress: Progress) -> None:
     if user == "root":
         return
     try:
-        pwd.getpwnam(user)
+        uid = pwd.getpwnam(user).pw_uid
     except KeyError:
         pass
     else:
+        # Ours have stopped: anything still running as the user belongs to another appliance (a test prefix).
+        others = [
+            p.pid
+            for p in psutil.process_iter(["uids"])
+            if p.info["uids"] and p.info["uids"].real == uid and _same_root(p.pid)
+        ]
+        if others:
+            report.add(
+                f"kept the user {user!r}: other processes run as it (pids {', '.join(map(str, others))})", progress
+            )
+            return
         _run(["userdel", user])
         report.add(f"deleted the user {user!r}", progress)
     try:

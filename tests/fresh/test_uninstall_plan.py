@@ -11,7 +11,7 @@ from agent.settings import StoreSettings
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
 from appliance.settings import ApplianceSettings, ControlSettings
-from appliance.uninstall import InstallState, Plan, our_processes, uninstall
+from appliance.uninstall import InstallState, Plan, our_processes, plan, uninstall
 
 STATE = """\
 # Written by install.sh on its first run
@@ -95,3 +95,21 @@ def test_uninstall_never_deletes_a_system_directory(tmp_path: Path) -> None:
     with pytest.raises(ApplianceError, match="refusing to delete /var/lib"):
         uninstall(dangerous, stop_timeout_s=5, progress=lambda line: None)
     assert plan.layout.config_file.exists()
+
+
+def test_install_sh_state_of_another_config_is_ignored(tmp_path: Path) -> None:
+    """An appliance in a test prefix on a box install.sh installed must not remove /opt/appliance."""
+    prefix = prefix_plan(tmp_path, purge=True)
+    state_file = tmp_path / "state.env"
+    state_file.write_text(STATE + "CONFIG_FILE=/etc/appliance/appliance.toml\n")
+    settings = ApplianceSettings.model_construct(
+        control=ControlSettings(user=prefix.user), store=StoreSettings(spool_dir=tmp_path / "data" / "spool")
+    )
+    planned = plan(settings, prefix.layout, purge=True, state_file=state_file)
+    assert planned.state is None and planned.home is None
+    assert Path("/opt/appliance") not in planned.removed and state_file not in planned.removed
+
+    state_file.write_text(STATE + f"CONFIG_FILE={prefix.layout.config_file}\n")
+    planned = plan(settings, prefix.layout, purge=True, state_file=state_file)
+    assert planned.home == Path("/opt/appliance") and planned.removed[-1] == Path("/opt/appliance")
+    assert state_file in planned.removed
