@@ -232,12 +232,16 @@ for section, table in json.load(sys.stdin).items():
 ' 2>/dev/null) && [[ -n $lines ]]; then
         installed=1
     else
+        # The defaults, then a config written before the first install (later lines win).
+        local config=${APPLIANCE_CONFIG:-/etc/appliance/appliance.toml} files=("$src/config/appliance.toml")
+        if [[ -r $config ]]; then files+=("$config"); fi
         lines=$(awk '
+            FNR == 1 { section = "" }
             /^\[[a-z_]+\]/ { section = substr($1, 2, length($1) - 2); next }
             /^[a-z_]+ *= */ && section != "" {
                 key = $1; value = $0; sub(/^[^=]*= */, "", value); gsub(/"/, "", value); sub(/ *#.*/, "", value)
                 print section "." key "=" value
-            }' "$src/config/appliance.toml")
+            }' "${files[@]}")
     fi
     local line
     while IFS= read -r line; do
