@@ -24,6 +24,7 @@ import psutil
 
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
+from appliance.service import systemd_runs
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor, SupervisorDenied, SupervisorDown
 from appliance.unit import UNIT_NAME
@@ -199,11 +200,6 @@ def plan(settings: ApplianceSettings, layout: Layout, *, purge: bool, state_file
         state=state,
         systemd=systemd_runs(),
     )
-
-
-def systemd_runs() -> bool:
-    """Whether systemd is PID 1 (not in a container, a chroot or this CI machine)."""
-    return Path("/run/systemd/system").is_dir()
 
 
 def uninstall(plan: Plan, *, stop_timeout_s: float, progress: Progress) -> Report:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 @click.option(
     "--role", type=click.Choice(["all", "worker"]), help="all: the whole appliance; worker: flusher and worker only."
 )
-@click.option("--livekit-url", help="Use this external LiveKit (ws:// or wss://) instead of the bundled one.")
+@click.option("--livekit-url", help="Use this external LiveKit (ws(s):// or http(s)://) instead of the bundled one.")
 @click.option("--livekit-api-key", help="The external LiveKit's API key.")
 @click.option("--livekit-api-secret", help="The external LiveKit's API secret (stored in secrets.toml).")
 @click.option(

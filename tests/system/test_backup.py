@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.supervisor import Supervisor
 from tests.harness.appliance import InstalledAppliance
 from tests.harness.inspect import connect
 from tests.harness.servers import wait_until
@@ -51,9 +52,11 @@ def test_backup_reinstall_restore_resumes_the_conversation_with_all_its_messages
     conversation, before = stored(first, "support")
     archive = tmp_path / "backup.tar.gz"
     first.run("backup", str(archive))
-    # Stands in for `appliance uninstall --purge`: every process of the appliance stopped, every file of its prefix
-    # (config, secrets, PostgreSQL's and Redis's data, the spool) deleted.
-    first.close()
+    layout = first.layout
+    first.run("uninstall", "--purge", "--yes")
+    for gone in (layout.etc_dir, layout.data_dir, layout.log_dir):
+        assert not gone.exists(), gone
+    assert not Supervisor(layout.supervisor_socket).answers()
 
     second = new_appliance()  # other ports, other passwords, another LiveKit key
     keep_rooms_open(second)
