@@ -39,7 +39,7 @@ def fresh_root(private_network: PrivateNetwork | None) -> Iterator[FreshRoot]:
     if not shutil.which("debootstrap"):
         pytest.skip("debootstrap is not installed (scripts/test installs it)")
     # The descriptor of the namespace the session came from: downloads go out through it.
-    host = HostNetwork(private_network._home)
+    host = HostNetwork(private_network.host_namespace)
     clean_stale()
     root = FreshRoot(pristine_tarball(host), host)
     try:

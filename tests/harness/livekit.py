@@ -241,6 +241,14 @@ class PrivateNetwork:
         self._home: int | None = None
         self._libc = ctypes.CDLL(None, use_errno=True)
 
+    @property
+    def host_namespace(self) -> int:
+        """A descriptor of the network namespace we left (the host's), for the few commands that must reach the
+        package registries (the fresh-machine tests' downloads)."""
+        if self._home is None:
+            raise RuntimeError("not inside the private network")
+        return self._home
+
     def enter(self) -> PrivateNetwork:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("PrivateNetwork moves the calling thread only: enter it from the main thread")
