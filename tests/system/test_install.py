@@ -22,9 +22,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def test_installed_appliance_runs_every_program_and_is_healthy(appliance: InstalledAppliance) -> None:
     running = {p.name: p.state for p in appliance.supervisor().processes()}
-    for name in ("redis", "postgres", "livekit", "flusher", "worker"):
+    for name in ("redis", "postgres", "livekit", "flusher"):
         assert running[name] == "RUNNING", running
-    assert running["worker-alt"] == "STOPPED"
+    # One of the two workers runs (a graceful restart swaps them), the other is idle.
+    assert sorted([running["worker"], running["worker-alt"]]) == ["RUNNING", "STOPPED"], running
     result = appliance.run("status", "--json", check=False)
     report = json.loads(result.stdout)
     assert result.returncode == 0, report
