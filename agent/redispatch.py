@@ -103,6 +103,11 @@ class Redispatcher:
         log.info("room %s dispatched again", room)
         return True
 
+    async def claim(self, room: str) -> None:
+        """A worker accepted a job for ``room``: until its process has the room (a busy pool can take many
+        seconds), the room has no agent yet but is no orphan. Holding the dispatch lock says so to every worker."""
+        await self.redis.set(self._lock(room), "1", ex=max(1, round(self.settings.dispatch_grace_s)))
+
     def _lock(self, room: str) -> str:
         """Held by whoever dispatches the room, for the dispatch's grace period; shared by all workers."""
         return f"{self.key_prefix}dispatch:{digest(room)}"

@@ -12,11 +12,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, cast
 
 from livekit import api
-from livekit.agents import Agent, AgentServer, JobProcess
+from livekit.agents import Agent, AgentServer, JobProcess, JobRequest
 from livekit.agents.ipc.job_proc_executor import ProcJobExecutor
 from redis.exceptions import RedisError
 
@@ -67,6 +67,7 @@ def build_server(
     *,
     preload: bool = True,
     multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+    on_request: Callable[[JobRequest], Awaitable[None]] | None = None,
 ) -> AgentServer:
     """Our AgentServer; ``preload=False`` and ``spawn`` exist for the benchmark's baselines (bench/rooms.py)."""
     worker = settings.worker
@@ -92,9 +93,10 @@ def build_server(
         setup_fnc=prewarm,
         multiprocessing_context=multiprocessing_context,
         # Our modules are imported once in the forkserver; room processes fork with them loaded.
-        preload_modules=["agent.session", worker.agent.partition(":")[0]] if preload else None,
+        # agent.forkguard first: the forkserver dies with the worker.
+        preload_modules=["agent.forkguard", "agent.session", worker.agent.partition(":")[0]] if preload else None,
     )
-    server.rtc_session(entrypoint, agent_name=worker.agent_name)
+    server.rtc_session(entrypoint, agent_name=worker.agent_name, on_request=on_request)
     return server
 
 
@@ -122,7 +124,9 @@ class Worker:
     ) -> None:
         self.settings = settings
         register_plugins(settings)
-        self.server = build_server(settings, preload=preload, multiprocessing_context=multiprocessing_context)
+        self.server = build_server(
+            settings, preload=preload, multiprocessing_context=multiprocessing_context, on_request=self._accept
+        )
         self.redis = make_client(settings.redis)
         livekit = settings.livekit
         self.lkapi = api.LiveKitAPI(
@@ -134,6 +138,13 @@ class Worker:
         self.status = StatusServer(self, settings.worker.status_port)
         self.server.on("worker_started", self._on_started)
         self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def _accept(self, request: JobRequest) -> None:
+        try:
+            await self.redispatcher.claim(request.room.name)
+        except RedisError as exc:  # the reconcilers may then dispatch the room again after orphan_after_s
+            log.warning("room %s: could not claim it: %s", request.room.name, brief(exc))
+        await request.accept()
 
     def _on_started(self) -> None:
         # The process pool is private in livekit-agents 1.8.9 (pinned); it is the only place that says which

@@ -86,6 +86,7 @@ async def test_never_two_agents_in_one_room(
     from livekit import api
 
     from agent.redispatch import Redispatcher
+    from agent.store.keys import digest
     from agent.store.redis_tier import make_client
 
     alice = await join("crowded", "alice")
@@ -93,6 +94,9 @@ async def test_never_two_agents_in_one_room(
     async with livekit_server.api() as lkapi:
         redis = make_client(e2e_settings.redis)
         try:
+            # The worker claimed the room when it accepted the job: no worker dispatches it while its agent joins.
+            lock = f"{e2e_settings.store.key_prefix}dispatch:{digest('crowded')}"
+            assert await redis.ttl(lock) > 0
             # Two other "workers" try to dispatch the room at once, while its agent is in it.
             others = [Redispatcher(lkapi, redis, e2e_settings.worker, e2e_settings.store.key_prefix) for _ in range(2)]
             assert await asyncio.gather(*(o.dispatch("crowded") for o in others)) == [False, False]

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from tests.harness.appliance import InstalledAppliance
 from tests.harness.servers import wait_until
 
@@ -21,6 +23,13 @@ STORES_AND_SERVICES = PROGRAMS[:-1]  # every program but the worker, which a gra
 def status(appliance: InstalledAppliance, *args: str) -> tuple[int, dict[str, Any]]:
     result = appliance.run("status", "--json", *args, check=False)
     return result.returncode, json.loads(result.stdout)
+
+
+def alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def programs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,6 +76,7 @@ def test_kill_9_of_each_program_comes_back_and_an_xmlrpc_stop_is_degraded(
         _, report = status(appliance)
         before = programs(report)[name]
         assert before["state"] == "RUNNING", before
+        family = psutil.Process(before["pid"]).children(recursive=True)
         os.kill(before["pid"], signal.SIGKILL)
         started = time.monotonic()
 
@@ -75,6 +85,12 @@ def test_kill_9_of_each_program_comes_back_and_an_xmlrpc_stop_is_degraded(
             return info.state == "RUNNING" and info.pid != old
 
         wait_until(back, 120, f"{name} RUNNING again with a new pid after kill -9")
+
+        # Nothing of the killed program outlives it (the worker's forkserver and room processes included).
+        def orphans_gone(family: list[psutil.Process] = family) -> bool:
+            return not any(alive(p) for p in family)
+
+        wait_until(orphans_gone, 30, f"{name}'s children gone")
         took = time.monotonic() - started
         counted = before["restarts"] + 1
 
