@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import os
 import sys
 import uuid
 from typing import TYPE_CHECKING, TextIO
@@ -31,7 +32,17 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
     identity = identity or f"{getpass.getuser()}-{uuid.uuid4().hex[:4]}"
     if not app.verbose:
         logging.getLogger("livekit").setLevel(logging.CRITICAL)  # the SDK's own lines would bury ours
-    asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
+    code = 0
+    try:
+        asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
+    except ApplianceError as exc:
+        app.message(f"error: {exc}")
+        code = 1
+    # livekit's native client sometimes aborts (a panic in one of its threads) while it is disposed at interpreter
+    # exit, turning a clean run into SIGABRT. Its rooms are closed by now and the OS frees the rest: leave without it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def converse(
