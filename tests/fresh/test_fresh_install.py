@@ -69,7 +69,7 @@ def fresh(private_network: PrivateNetwork | None) -> Iterator[Fresh]:
 
 def installed(fresh: Fresh) -> FreshRoot:
     if not fresh.installed:
-        pytest.skip("the fresh install failed")
+        pytest.fail("the fresh install failed (its own test says why): nothing after it can be checked")
     return fresh.root
 
 
