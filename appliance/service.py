@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+from agent.status_client import fetch_status
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
 from appliance.render import WORKERS
@@ -106,18 +105,23 @@ def stop(settings: ApplianceSettings, layout: Layout) -> bool:
 
 # supervisord's start order; restarts follow it.
 START_ORDER = ("redis", "postgres", "livekit", "flusher", "worker")
+# What `appliance restart` restarts when no program is named: those whose restart costs no participant anything.
+# Restarting livekit drops every participant's connection, and Redis or PostgreSQL sends the rooms' writes to the
+# next tier while it is down: an operator names them to get that.
+DEFAULT_RESTART = ("flusher", "worker")
 
 
 def restart(
     settings: ApplianceSettings, layout: Layout, names: Iterable[str], *, now: bool, progress: Progress
 ) -> list[str]:
-    """Restart programs (all when ``names`` is empty) in start order, the worker gracefully unless ``now``.
+    """Restart programs (the flusher and worker when ``names`` is empty) in start order, the worker gracefully
+    unless ``now``.
 
     Returns the programs restarted.
     """
     sup = Supervisor(layout.supervisor_socket)
     known = [name for name in START_ORDER if name in {p.name for p in sup.processes()}]
-    wanted = list(names) or known
+    wanted = list(names) or [name for name in known if name in DEFAULT_RESTART]
     unknown = [name for name in wanted if name not in known]
     if unknown:
         raise ApplianceError(f"no program {unknown[0]!r}: choose from {', '.join(known)}")
@@ -169,14 +173,11 @@ def status_port(settings: ApplianceSettings, worker: str) -> int:
     return settings.worker.status_port if worker == WORKERS[0] else settings.control.alt_status_port
 
 
-def worker_status(settings: ApplianceSettings, worker: str, timeout_s: float = 2) -> dict[str, object] | None:
+def worker_status(settings: ApplianceSettings, worker: str, timeout_s: float = 2) -> dict[str, Any] | None:
     """The worker's own status (rooms, counters, registration), or None when it does not answer."""
-    url = f"http://127.0.0.1:{status_port(settings, worker)}/status"
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            data: dict[str, object] = json.load(response)
-            return data
-    except (OSError, urllib.error.URLError, ValueError):
+        return fetch_status(status_port(settings, worker), settings.livekit, timeout_s)
+    except (OSError, ValueError):
         return None
 
 

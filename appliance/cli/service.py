@@ -34,11 +34,22 @@ def stop(app: App) -> None:
 
 @click.command()
 @click.argument("programs", nargs=-1)
-@click.option("--now", is_flag=True, help="Restart hard: the worker's rooms are cut and resumed by a new worker.")
+@click.option("--now", is_flag=True, help="Restart the worker hard: its rooms are cut, then resumed by the new worker.")
 @click.pass_obj
 def restart(app: App, *, programs: tuple[str, ...], now: bool) -> None:
-    """Restart PROGRAMS (default: every one), gracefully: a new worker registers before the old one drains,
-    so every room keeps an agent."""
+    """Restart PROGRAMS; default: the flusher and the worker, which costs no participant anything.
+
+    \b
+    appliance restart           flusher (persisting pauses; nothing is lost) and worker, gracefully: a new
+                                worker registers before the old one drains, so every room keeps its agent
+    appliance restart worker    the worker alone, gracefully (--now: hard, rooms cut and resumed)
+    appliance restart redis     rooms' messages go straight to PostgreSQL while Redis is down (slower);
+                                nobody is dropped, nothing is lost
+    appliance restart postgres  the flusher waits and catches up; rooms go on
+    appliance restart livekit   drops every participant's connection (clients must reconnect)
+
+    A changed setting is applied by `appliance reconfigure`, which restarts only the programs that read it.
+    """
     from appliance import service
     from appliance.layout import Layout
 

@@ -1,5 +1,6 @@
-"""`appliance restart worker` is graceful: a second worker registers first, then the old one drains; every room
-keeps an agent, a room joined meanwhile gets one, and a room still open at the drain timeout resumes."""
+"""`appliance restart` is graceful: a second worker registers first, then the old one drains; every room keeps an
+agent, a room joined meanwhile gets one, and a room still open at the drain timeout resumes. Without names it
+restarts the flusher and the worker only: livekit, Redis and PostgreSQL keep running, so nobody is dropped."""
 
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ async def test_graceful_restart_keeps_every_room_served(appliance: InstalledAppl
     await alice.send("before the restart")
     await alice.reply_containing("alice: before the restart")
 
+    pids = {p.name: p.pid for p in sup.processes()}
     restart = await asyncio.create_subprocess_exec(
         str(appliance.venv / "bin" / "appliance"),
         "restart",
-        "worker",
         env=appliance.env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -53,7 +54,12 @@ async def test_graceful_restart_keeps_every_room_served(appliance: InstalledAppl
 
     _, stderr = await asyncio.wait_for(restart.communicate(), 180)
     assert restart.returncode == 0, stderr.decode()
+    assert "restarted flusher, worker" in stderr.decode()
     assert running_worker(sup) == new
+    after = {p.name: p.pid for p in sup.processes()}
+    for store in ("redis", "postgres", "livekit"):
+        assert after[store] == pids[store], f"{store} was restarted"
+    assert after["flusher"] != pids["flusher"]
     assert sup.process(old).state == "STOPPED"
     # The old worker drained for its timeout and closed alice's room; the new worker resumed the conversation.
     await alice.reply_containing("I'm back", 60)
