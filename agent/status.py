@@ -1,15 +1,21 @@
 """The worker's status endpoint on loopback: its rooms with their process and memory, counters, draining.
 
-livekit's own health server has only `/` and `/worker`, without pids; `appliance status` reads this one.
+livekit's own health server has only `/` and `/worker`, without pids; `appliance status` reads this one. Room
+names can be personal, and loopback is open to every local user, so it answers only a bearer token derived from
+the LiveKit API secret (agent.status_client): whoever can read the secrets file can read the rooms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import TYPE_CHECKING, Any
 
 import psutil
 from aiohttp import web
+
+from agent.settings import LiveKitSettings
+from agent.status_client import status_token
 
 if TYPE_CHECKING:
     from agent.worker import Worker
@@ -27,9 +33,10 @@ def memory_mb(pid: int | None) -> dict[str, float | None]:
 
 
 class StatusServer:
-    def __init__(self, worker: Worker, port: int) -> None:
+    def __init__(self, worker: Worker, port: int, livekit: LiveKitSettings) -> None:
         self.worker = worker
         self.port = port
+        self._authorization = f"Bearer {status_token(livekit)}".encode()
         self.app = web.Application()
         self.app.add_routes([web.get("/status", self.status)])
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -46,6 +53,9 @@ class StatusServer:
         await self._runner.cleanup()
 
     async def status(self, request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, self._authorization):
+            return web.json_response({"error": "a bearer token is needed (see agent.status_client)"}, status=401)
         return web.json_response(await self.collect())
 
     async def collect(self) -> dict[str, Any]:

@@ -135,7 +135,7 @@ class Worker:
             livekit.api_secret.get_secret_value() if livekit.api_secret else None,
         )
         self.redispatcher = Redispatcher(self.lkapi, self.redis, settings.worker, settings.store.key_prefix)
-        self.status = StatusServer(self, settings.worker.status_port)
+        self.status = StatusServer(self, settings.worker.status_port, settings.livekit)
         self.server.on("worker_started", self._on_started)
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -386,7 +386,7 @@ def check_workers(settings: ApplianceSettings, layout: Layout) -> Iterator[Check
     for name in status_mod.WORKERS:
         port = status_mod.worker_status_port(settings, name)
         try:
-            answers.append(status_mod.worker_report(name, port, status_mod.probe_worker(port)))
+            answers.append(status_mod.worker_report(name, port, status_mod.probe_worker(settings, port)))
         except (OSError, ValueError):
             continue
     ready = [w for w in answers if w.registered and not w.draining]

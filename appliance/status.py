@@ -12,13 +12,13 @@ import functools
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 from pydantic import BaseModel, Field, SecretStr
 
+from agent.status_client import fetch_status
 from appliance import events as events_mod
 from appliance.supervisor import ProcessInfo, Supervisor, SupervisorDown
 
@@ -247,7 +247,7 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         "postgres": lambda: probe_postgres(settings),
     }
     for name in WORKERS:
-        probes[name] = functools.partial(probe_worker, worker_status_port(settings, name))
+        probes[name] = functools.partial(probe_worker, settings, worker_status_port(settings, name))
     results = _parallel(probes, DEADLINE_S)
 
     supervisor_down = False
@@ -378,10 +378,8 @@ def tree_pss_mb(pid: int) -> tuple[float | None, int]:
     return round(total / 2**20, 1), counted
 
 
-def probe_worker(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=PROBE_TIMEOUT_S) as response:
-        body: dict[str, Any] = json.loads(response.read())
-    return body
+def probe_worker(settings: ApplianceSettings, port: int) -> dict[str, Any]:
+    return fetch_status(port, settings.livekit, PROBE_TIMEOUT_S)
 
 
 def worker_report(program: str, port: int, result: Any) -> Worker:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import psutil
 from livekit.rtc._ffi_client import FfiClient
 
 from agent.settings import AgentSettings, FlusherSettings, LiveKitSettings, StoreSettings, WorkerSettings
+from agent.status_client import fetch_status
 from agent.store.migrate import migrate
 from bench.environment import BenchError
 from bench.rooms_agent import TIMELINE_ENV
@@ -192,9 +191,7 @@ def deploy(stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spa
 
 def status(worker: WorkerProcess, timeout: float = 60) -> dict[str, Any]:
     """The worker's /status; patient, as it measures every room's memory (slow with many large processes)."""
-    url = f"http://127.0.0.1:{worker.settings.worker.status_port}/status"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+    return fetch_status(worker.settings.worker.status_port, worker.settings.livekit, timeout)
 
 
 def warm(worker: WorkerProcess, idle: int) -> bool:

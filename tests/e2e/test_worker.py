@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
+
+import pytest
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
@@ -72,3 +76,16 @@ async def test_every_candidate_the_agent_exchanges_is_on_loopback(
     found = logged_candidates(livekit_server)  # every candidate signalled in this session, both directions
     assert found
     assert all(is_loopback(address) for address, _proto, _type in found), found
+
+
+async def test_status_lists_rooms_only_to_the_holder_of_the_token(worker: WorkerProcess, join: Join) -> None:
+    """Room names can be personal and loopback is open to every local user: /status asks for its token."""
+    alice = await join("private-name", "alice")
+    await alice.greeting()
+    assert [r["room"] for r in worker.status()["rooms"]] == ["private-name"]
+    url = f"http://127.0.0.1:{worker.settings.worker.status_port}/status"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+        assert refused.value.code == 401
+        assert b"private-name" not in refused.value.read()

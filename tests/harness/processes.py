@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import redis
 from pydantic import BaseModel, SecretStr
 
 from agent.settings import AgentSettings
+from agent.status_client import fetch_status
 from agent.store.keys import Keys
 from tests.harness.servers import wait_until
 
@@ -137,9 +136,7 @@ class WorkerProcess(EntryPoint):
         return self
 
     def status(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.settings.worker.status_port}/status"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
+        return fetch_status(self.settings.worker.status_port, self.settings.livekit, 5)
 
     def _registered(self) -> bool:
         return self.running() and str(self.status()["worker_id"]).startswith("AW_")
