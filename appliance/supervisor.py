@@ -172,14 +172,3 @@ def _info(raw: dict[str, Any]) -> ProcessInfo:
         spawnerr=raw["spawnerr"],
         description=raw["description"],
     )
-
-
-def is_socket(path: Path) -> bool:
-    """Whether something listens on the unix socket at ``path`` (a stale socket file does not count)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(1.0)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
