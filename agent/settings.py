@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, Self, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
@@ -26,6 +26,16 @@ CONTROL_SECTIONS = ("control", "livekit_server")
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def no_credentials(value: str, secret: str) -> str:
+    """A URL or host with no user or password in it: appliance.toml is readable by the service's group and shown by
+    `appliance config show`, so a password there would leak; its place is ``secret`` in secrets.toml."""
+    _, scheme, rest = value.partition("://")
+    authority = (rest if scheme else value).split("/", 1)[0]
+    if "@" in authority or "password=" in value.lower():  # user:password@host, or a DSN's or a query's password=
+        raise ValueError(f"holds a user or password: put the password in secrets.toml ({secret})")
+    return value
 
 
 class RedisSettings(Section):
@@ -41,6 +51,11 @@ class RedisSettings(Section):
     # everysec: a killed Redis loses nothing, a crashed machine up to ~1 s (see README); always: nothing, slower.
     appendfsync: Literal["everysec", "always"] = "everysec"
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return no_credentials(value, "redis.password")
+
 
 class PostgresSettings(Section):
     host: str = "127.0.0.1"
@@ -51,6 +66,11 @@ class PostgresSettings(Section):
     connect_timeout_s: float = Field(2.0, gt=0, le=60)
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(4, ge=1)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        return no_credentials(value, "postgres.password")
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> Self:
@@ -150,6 +170,11 @@ class ModelSettings(Section):
     openai_stt_model: str = "gpt-4o-mini-transcribe"
     vad: Literal["none", "silero"] = "none"  # silero's model ships inside its package: no download
 
+    @field_validator("openai_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return no_credentials(value, "models.openai_api_key")
+
     @model_validator(mode="after")
     def _stt_needs_vad(self) -> Self:
         if self.stt != "none" and self.vad == "none":
@@ -161,6 +186,11 @@ class LiveKitSettings(Section):
     url: str = "ws://127.0.0.1:7880"
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return no_credentials(value, "livekit.api_key, livekit.api_secret")
 
 
 class LoggingSettings(Section):
