@@ -30,10 +30,11 @@ from agent.store.store import Conversation, ConversationStore, StoreUnavailable
 
 log = logging.getLogger("agent.session")
 CHAT_TOPIC = "lk.chat"
-ACK_TOPIC = "appliance.ack"  # tells a sender that its message is stored: {"stream_id": ..., "message_id": ...}
-STORED_KEY = "message_id"
+# Tells a sender what became of its line: {"stream_id", "message_id"} once stored, {"stream_id", "error"} if not.
+ACK_TOPIC = "appliance.ack"
+STORED_KEY = "message_id"  # ChatMessage.extra key of items the session has already stored
 RAW_KEY = "spoken_text"  # ChatMessage.extra key: a transcribed turn's text, before we named its speaker
-EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE  # ChatMessage.extra key of items the session has already stored
+EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE
 
 
 def conversation_id_from(metadata: str) -> str | None:
@@ -125,16 +126,22 @@ class RoomSession:
         self._spawn(self._chat(reader, identity), f"chat from {identity}")
 
     async def _chat(self, reader: rtc.TextStreamReader, identity: str) -> None:
-        text = (await reader.read_all()).replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+        stream_id = reader.info.stream_id
         try:
-            message = await self.conv.append("user", identity, text)
+            message = await self.conv.append("user", identity, await reader.read_all())
         except (InvalidMessage, StoreUnavailable) as exc:
+            # Refused as sent (never altered, so what is stored is exactly what was sent): the sender is told why.
             log.warning("message from %s not stored: %s", identity, exc)
+            await self._ack(identity, {"stream_id": stream_id, "error": str(exc)})
             return
-        ack = json.dumps({"stream_id": reader.info.stream_id, "message_id": message.id})
-        with contextlib.suppress(Exception):  # the sender may have left; the message is stored all the same
-            await self.ctx.room.local_participant.send_text(ack, topic=ACK_TOPIC, destination_identities=[identity])
+        await self._ack(identity, {"stream_id": stream_id, "message_id": message.id})
         self.session.generate_reply(user_input=to_chat_message(message))
+
+    async def _ack(self, identity: str, ack: dict[str, str]) -> None:
+        with contextlib.suppress(Exception):  # the sender may have left; what was stored stays stored
+            await self.ctx.room.local_participant.send_text(
+                json.dumps(ack), topic=ACK_TOPIC, destination_identities=[identity]
+            )
 
     def _on_item_added(self, event: ConversationItemAddedEvent) -> None:
         item = event.item

@@ -14,6 +14,11 @@ REPLY_TOPIC = "lk.transcription"
 ACK_TOPIC = "appliance.ack"
 
 
+class Refused(Exception):
+    """The agent did not store a line (its reason names the problem, e.g. "content: contains NUL ..."); the
+    agent does not answer it."""
+
+
 class ChatClient:
     def __init__(self, url: str, token: str, options: rtc.RoomOptions | None = None) -> None:
         self.url = url
@@ -21,8 +26,8 @@ class ChatClient:
         self.options = options or rtc.RoomOptions()
         self.room = rtc.Room()
         self.replies: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (sender identity, text)
-        self.acked: dict[str, str] = {}  # stream id -> stored message id
-        self._acks: dict[str, asyncio.Future[str]] = {}
+        self.acked: dict[str, dict[str, str]] = {}  # stream id -> its ack: {"message_id"} or {"error"}
+        self._acks: dict[str, asyncio.Future[dict[str, str]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connect(self) -> ChatClient:
@@ -49,21 +54,23 @@ class ChatClient:
     def _on_ack(self, reader: rtc.TextStreamReader, sender: str) -> None:
         async def read() -> None:
             ack = json.loads(await reader.read_all())
-            self.acked[ack["stream_id"]] = ack["message_id"]
+            self.acked[ack["stream_id"]] = ack
             waiter = self._acks.pop(ack["stream_id"], None)
             if waiter is not None and not waiter.done():
-                waiter.set_result(ack["message_id"])
+                waiter.set_result(ack)
 
         self._spawn(read())
 
     async def send(self, text: str, *, ack_seconds: float = 20) -> str:
-        """Send one line; returns the stored message's id once the agent has acknowledged it."""
+        """Send one line; returns the stored message's id once the agent has acknowledged it, or raises Refused."""
         loop = asyncio.get_running_loop()
         info = await self.room.local_participant.send_text(text, topic=CHAT_TOPIC)
-        if info.stream_id in self.acked:
-            return self.acked[info.stream_id]
-        waiter = self._acks.setdefault(info.stream_id, loop.create_future())
-        return await asyncio.wait_for(waiter, ack_seconds)
+        ack = self.acked.get(info.stream_id)
+        if ack is None:
+            ack = await asyncio.wait_for(self._acks.setdefault(info.stream_id, loop.create_future()), ack_seconds)
+        if "error" in ack:
+            raise Refused(ack["error"])
+        return ack["message_id"]
 
     async def greeting(self, seconds: float = 30) -> str:
         """Wait for the agent's greeting: it is said once the agent listens, so lines sent after it are heard

@@ -28,13 +28,17 @@ if TYPE_CHECKING:
 @click.pass_obj
 def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_s: float) -> None:
     """Join ROOM and talk to its agent: each line you type (or each line of --script) is sent on lk.chat; the
-    agent's replies are printed. Lines are acknowledged once stored."""
+    agent's replies are printed. Lines are acknowledged once stored; a line the agent refuses (e.g. one with NUL)
+    is shown as an error, and the exit code is then 1."""
     identity = identity or f"{getpass.getuser()}-{uuid.uuid4().hex[:4]}"
     if not app.verbose:
         logging.getLogger("livekit").setLevel(logging.CRITICAL)  # the SDK's own lines would bury ours
     code = 0
     try:
-        asyncio.run(converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None))
+        refused = asyncio.run(
+            converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None)
+        )
+        code = 1 if refused else 0
     except ApplianceError as exc:
         app.message(f"error: {exc}")
         code = 1
@@ -47,10 +51,11 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
 
 async def converse(
     settings: ApplianceSettings, room: str, identity: str, lines: TextIO, wait_s: float, *, interactive: bool
-) -> None:
+) -> int:
+    """Send every line and show the answers; returns how many lines the agent refused to store (each one said)."""
     from livekit import rtc
 
-    from appliance.chatclient import ChatClient
+    from appliance.chatclient import ChatClient, Refused
     from appliance.tokens import join_token
 
     client = ChatClient(settings.livekit.url, join_token(settings.livekit, room, identity).token)
@@ -65,16 +70,23 @@ async def converse(
             raise ApplianceError(f"no agent answered in {room} within {wait_s:.0f}s: is the worker running?") from None
         printer = asyncio.create_task(print_replies(client)) if interactive else None
         loop = asyncio.get_running_loop()
+        refused = 0
         while line := (await loop.run_in_executor(None, lines.readline)):
             text = line.rstrip("\n")
             if not text:
                 continue
-            await client.send(text, ack_seconds=wait_s)
+            try:
+                await client.send(text, ack_seconds=wait_s)
+            except Refused as exc:  # not stored, so not answered: say why and go on with the next line
+                click.echo(f"error: not stored: {exc}", err=True)
+                refused += 1
+                continue
             if not interactive:
                 click.echo(f"{identity}: {text}")
                 click.echo(f"agent: {await client.reply(wait_s)}")
         if printer is not None:
             printer.cancel()
+        return refused
     finally:
         await client.aclose()
 

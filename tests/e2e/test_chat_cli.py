@@ -53,3 +53,17 @@ def test_chat_says_clearly_when_the_keys_are_wrong(e2e_settings: AgentSettings, 
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot join r") and "api_key" in done.stderr
     assert "x" * 40 not in done.stderr + done.stdout
+
+
+def test_chat_shows_a_refused_line_as_one_error_and_goes_on(
+    worker: WorkerProcess, e2e_settings: AgentSettings, tmp_path: Path
+) -> None:
+    script = tmp_path / "lines.txt"
+    script.write_text("bad\x00line\nstill here?\n")
+    done = appliance(e2e_settings, tmp_path, "chat", "cli-refused", "--identity", "dave", "--script", str(script))
+    assert done.returncode == 1
+    refusal = "error: not stored: content: contains NUL (\\x00) at offset 3, which PostgreSQL cannot store"
+    assert done.stderr == refusal + "\n"
+    lines = done.stdout.splitlines()
+    assert lines[1] == "dave: still here?"
+    assert "holds 2 messages" in lines[2]  # the greeting and this line: the refused one was not answered either

@@ -7,11 +7,14 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import cast
 
+import orjson
 import pytest
 
 from agent.settings import AgentSettings, LiveKitSettings
-from appliance.chatclient import ChatClient
+from agent.store.keys import Keys
+from appliance.chatclient import ChatClient, Refused
 from tests.harness.inspect import backlog, conversation_status, stored_ids
 from tests.harness.livekit import LiveKitServer
 from tests.harness.processes import FlusherProcess, WorkerProcess
@@ -157,3 +160,27 @@ async def test_a_room_still_active_at_the_drain_timeout_is_interrupted_then_resu
         assert second.status()["rooms"][0]["conversation"] == conversation
     finally:
         assert second.terminate() == 0
+
+
+async def test_a_line_the_store_refuses_is_refused_to_its_sender_stored_nowhere_and_not_answered(
+    worker: WorkerProcess, join: Join, e2e_settings: AgentSettings, redis_server: RedisServer
+) -> None:
+    alice = await join("bad-input", "alice")
+    await alice.greeting()
+    with pytest.raises(Refused, match=r"^content: contains NUL \(\\x00\) at offset 3, which PostgreSQL cannot store$"):
+        await alice.send("nul\x00here")
+    with pytest.raises(Refused, match=r"^content: \d+ bytes exceeds the maximum of \d+$"):
+        await alice.send("x" * (e2e_settings.store.max_content_bytes + 1))
+    await alice.send("a good line")
+    answer = await alice.reply()  # the next reply answers this line: none was generated for the refused ones
+    assert "alice: a good line" in answer and "holds 2 messages" in answer  # the greeting and this line
+    wait_until(lambda: len(stream_contents(redis_server, e2e_settings)) == 3, 10, "the answer stored")
+    assert stream_contents(redis_server, e2e_settings)[:2] == [e2e_settings.worker.greeting, "a good line"]
+    assert stored_ids(e2e_settings) == []  # nor went around Redis to PostgreSQL
+
+
+def stream_contents(redis_server: RedisServer, settings: AgentSettings) -> list[str]:
+    """The content of every message in the write-ahead stream (no flusher runs here), in order."""
+    stream = Keys(settings.store.key_prefix).stream
+    entries = cast("list[tuple[bytes, dict[bytes, bytes]]]", redis_server.client().xrange(stream))
+    return [orjson.loads(fields[b"v"])["t"] for _id, fields in entries if fields.get(b"k") == b"m"]
