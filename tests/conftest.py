@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,10 +14,50 @@ from livekit.rtc._ffi_client import FfiClient
 from agent.settings import AgentSettings, FlusherSettings, StoreSettings
 from agent.store.migrate import migrate
 from agent.store.store import ConversationStore
-from tests.harness.livekit import PrivateNetwork
+from tests.harness.livekit import PrivateNetwork, binary
+from tests.harness.requirements import ci_problems
 from tests.harness.servers import PostgresServer, RedisServer
 
 TEMPLATE_DB = "appliance_template"
+
+# Under CI (.ci/run sets APPLIANCE_CI=1) a skip is a failing promise: only the tests named here may skip, each
+# with the reason a machine of CI's kind truly cannot give what it needs. Keys are node id prefixes.
+ALLOWED_SKIPS: dict[str, str] = {}
+UNDER_CI = os.environ.get("APPLIANCE_CI") == "1"
+SECONDS_BY_DIR: defaultdict[str, float] = defaultdict(float)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under CI, a machine that would make tests skip stops the run at once, in one line saying what it lacks."""
+    if not UNDER_CI:
+        return
+    problems = ci_problems()
+    try:
+        binary()
+    except RuntimeError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise pytest.UsageError("this machine cannot run the whole suite: " + "; ".join(problems))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    SECONDS_BY_DIR[item.nodeid.split("/")[1] if item.nodeid.count("/") > 1 else item.nodeid] += report.duration
+    if UNDER_CI and report.skipped and not any(item.nodeid.startswith(key) for key in ALLOWED_SKIPS):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, and not in tests/conftest.py ALLOWED_SKIPS: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Time per test directory (setup, call and teardown), the figure each note reports."""
+    if SECONDS_BY_DIR:
+        terminalreporter.section("time per test directory")
+        for directory, seconds in sorted(SECONDS_BY_DIR.items()):
+            terminalreporter.write_line(f"tests/{directory}: {seconds:.0f} s")
 
 
 @pytest.fixture(scope="session", autouse=True)
