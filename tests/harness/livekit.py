@@ -32,7 +32,7 @@ from tests.harness.servers import free_port, wait_until
 
 INSTALL_HINT = (
     "livekit-server not found: set LIVEKIT_SERVER_BIN, put livekit-server on PATH, or run "
-    "`go install github.com/livekit/livekit-server/cmd/server@v1.9.11` (installs ~/go/bin/server)"
+    "`scripts/build-livekit-server ~/go/bin/server` (the version in config/livekit-server.version)"
 )
 
 # livekit-server reads these as configuration (urfave/cli env sources, LIVEKIT_<YAML_PATH> for every field); an
