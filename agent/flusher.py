@@ -1,8 +1,11 @@
 """The write-behind flusher: Redis stream -> PostgreSQL, batched, idempotent, crash-safe.
 
 Entries are acknowledged (XACK + XDEL) only after the PostgreSQL commit, so a flusher killed at any point leaves
-them pending, and the next one (same consumer name) reads its own pending entries first. Run it with
-``python -m agent.flusher``; SIGTERM stops reading, finishes the batch, drains what is left and exits 0.
+them pending, and the next one (same consumer name, kept in the spool directory) reads its own pending entries
+first. At maxmemory it still makes progress: it uses only commands Redis allows when full (reads, XACK, XDEL, DEL
+and scripts flagged allow-oom that do not grow memory), deletes what it stored before it writes anything, and sets
+poison aside in PostgreSQL when Redis refuses its dead-letter stream. Run it with ``python -m agent.flusher``;
+SIGTERM stops reading, finishes the batch, drains what is left and exits 0.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -29,13 +34,14 @@ from agent.settings import AgentSettings, load_or_exit
 from agent.store import pg_tier
 from agent.store.keys import GROUP, Keys
 from agent.store.records import ConversationEvent, InvalidMessage, Message
-from agent.store.redis_tier import make_client
-from agent.store.spool import Spool
+from agent.store.redis_tier import RedisTier, make_client
+from agent.store.spool import Spool, fsync_dir
 
 log = logging.getLogger("agent.flusher")
 TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, RedisError, OSError)
 DEAD_LETTER_MAXLEN = 100_000
 DRAIN_TIMEOUT_S = 20.0
+CONSUMER_FILE = "flusher-id"  # in the spool directory: the one directory of its own each install has
 
 
 @dataclass
@@ -46,6 +52,7 @@ class FlusherStats:
     events: int = 0
     batches: int = 0
     dead_lettered: int = 0
+    dead_lettered_postgres: int = 0  # of those, the ones Redis refused (full), kept in PostgreSQL's dead_letters
     spool_imported: int = 0
     errors: int = 0
     backlog: int = 0
@@ -89,9 +96,10 @@ class Flusher:
         self.pool = pg_tier.make_pool(settings.postgres, min_size=1)
         self.keys = Keys(settings.store.key_prefix)
         self.spool = Spool(settings.store.spool_dir)
-        self.consumer = consumer or settings.flusher.consumer or socket.gethostname()
+        self.consumer = consumer or settings.flusher.consumer or install_consumer(settings.store.spool_dir)
         self.stats = FlusherStats()
-        self._settle = self.redis.register_script(lua("settle"))
+        self.rooms = RedisTier(self.redis, settings.store)
+        self._publish = self.redis.register_script(lua("stats"))
         self._stopping = asyncio.Event()
         self._reread_pending = True  # start with our own pending entries
 
@@ -167,6 +175,14 @@ class Flusher:
                 await asyncio.sleep(0.5)
 
     async def ensure_group(self) -> None:
+        """Make the consumer group unless it exists. Asks first: Redis refuses XGROUP CREATE at maxmemory."""
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.keys.stream)
+            if any(g["name"] in (GROUP, GROUP.encode()) for g in groups):
+                return
+        except ResponseError as exc:
+            if "no such key" not in str(exc):
+                raise
         try:
             await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
         except ResponseError as exc:
@@ -193,26 +209,30 @@ class Flusher:
         return _entries(found)
 
     async def flush(self, entries: list[Entry]) -> None:
-        """Commit a batch to PostgreSQL, set poison aside, then acknowledge and delete the entries."""
+        """Commit a batch to PostgreSQL, acknowledge and delete what it stored, then set poison aside."""
         good = [e for e in entries if e.record is not None]
         poison = await self._store(good, bypass=False)
         poison += [e for e in entries if e.record is None and e.raw]
+        faults.point("flusher.after_commit")
+        poisoned = {e.entry_id for e in poison}
+        # Deletes first: at maxmemory they free the room the dead letters' own write needs.
+        await self._acknowledge([e.entry_id for e in entries if e.entry_id not in poisoned])
         if poison:
             await self._dead_letter(poison)
-        faults.point("flusher.after_commit")
-        ids = [e.entry_id for e in entries]
+            await self._acknowledge([e.entry_id for e in poison])
+        now_ms = time.time() * 1000
+        for entry in good:
+            if isinstance(entry.record, Message) and entry.entry_id not in poisoned:
+                self.stats.recent_lags_ms.append(now_ms - int(entry.entry_id.split("-")[0]))
+        self.stats.batches += 1
+
+    async def _acknowledge(self, ids: Sequence[str]) -> None:
+        if not ids:
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.keys.stream, GROUP, *ids)
             pipe.xdel(self.keys.stream, *ids)
             await pipe.execute()
-        poisoned = {e.entry_id for e in poison}
-        stored = [e for e in good if e.entry_id not in poisoned]
-        await self._settle_rooms([e.record for e in stored])
-        now_ms = time.time() * 1000
-        for entry in stored:
-            if isinstance(entry.record, Message):
-                self.stats.recent_lags_ms.append(now_ms - int(entry.entry_id.split("-")[0]))
-        self.stats.batches += 1
 
     async def _store(self, entries: Sequence[Entry], *, bypass: bool) -> list[Entry]:
         """Write entries in one transaction; if PostgreSQL rejects the data, find the entries it rejects
@@ -241,26 +261,28 @@ class Flusher:
         self.stats.events += len(events)
 
     async def _dead_letter(self, poison: Sequence[Entry]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry in poison:
-                pipe.xadd(
-                    self.keys.dead,
-                    {"entry": entry.entry_id, "reason": entry.error, "v": entry.raw},
-                    maxlen=DEAD_LETTER_MAXLEN,
-                    approximate=True,
-                )
-            await pipe.execute()
+        """Into the Redis dead-letter stream; if Redis refuses it (full), into PostgreSQL's dead_letters table.
+        Either way before the entries are deleted, so none is lost; a failure of both propagates (retried)."""
+        where = self.keys.dead
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in poison:
+                    pipe.xadd(
+                        self.keys.dead,
+                        {"entry": entry.entry_id, "reason": entry.error, "v": entry.raw},
+                        maxlen=DEAD_LETTER_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("redis refused %d dead letters (%s): keeping them in postgres", len(poison), brief(exc))
+            async with self.pool.connection() as conn:
+                await pg_tier.write_dead_letters(conn, [(e.entry_id, e.error, e.raw) for e in poison])
+            self.stats.dead_lettered_postgres += len(poison)
+            where = "postgres table dead_letters"
         self.stats.dead_lettered += len(poison)
         for entry in poison:
-            log.error("entry %s set aside in %s: %s", entry.entry_id, self.keys.dead, entry.error)
-
-    async def _settle_rooms(self, records: Sequence[Message | ConversationEvent | None]) -> None:
-        for record in records:
-            if isinstance(record, ConversationEvent) and record.room is not None:
-                await self._settle(
-                    keys=[self.keys.room(record.room)],
-                    args=[record.conversation_id, record.status, self.store_settings.cache_ttl_s],
-                )
+            log.error("entry %s set aside in %s: %s", entry.entry_id, where, entry.error)
 
     async def claim_stale(self) -> None:
         """Take over entries another consumer left pending too long (it died)."""
@@ -294,6 +316,9 @@ class Flusher:
                 poison += [e for e in entries if e.record is None]
                 if poison:
                     await self._dead_letter(poison)
+                for event in spooled.events:  # Redis did not take them when they happened
+                    if event.room is not None:
+                        await self.rooms.settle(event)
                 self.spool.discard(path)
                 self.stats.spool_imported += len(spooled.messages)
                 log.info("imported %d messages from spool file %s", len(spooled.messages), path.name)
@@ -304,11 +329,32 @@ class Flusher:
         self.stats.lag_ms = max(0.0, time.time() * 1000 - int(oldest[0][0].split(b"-")[0])) if oldest else 0.0
         self.stats.spool_files = len(self.spool.files())
         ttl = max(5, int(self.settings.stats_every_s * 5))  # stale figures vanish with a dead flusher
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self.keys.flusher_stats)
-            pipe.hset(self.keys.flusher_stats, mapping=self.stats.published())  # type: ignore[arg-type]
-            pipe.expire(self.keys.flusher_stats, ttl)
-            await pipe.execute()
+        await self._publish(
+            keys=[self.keys.flusher_stats], args=[ttl, *(x for kv in self.stats.published().items() for x in kv)]
+        )
+
+
+def install_consumer(directory: Path) -> str:
+    """This install's consumer name, made once and kept in ``directory``: distinct from another install's on the
+    same host (which shares the hostname), and the same after a restart, so a restarted flusher reads its own
+    pending entries first."""
+    path = directory / CONSUMER_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
+    tmp = directory / f".{CONSUMER_FILE}.{os.getpid()}"
+    tmp.write_text(name + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)  # never replaces a name another process made meanwhile
+    except FileExistsError:
+        name = path.read_text(encoding="utf-8").strip()
+    finally:
+        tmp.unlink()
+    fsync_dir(directory)
+    return name
 
 
 def _entries(reply: Any) -> list[Entry]:

@@ -120,7 +120,9 @@ class FlusherSettings(Section):
     claim_every_s: float = Field(10.0, gt=0)
     spool_scan_s: float = Field(3.0, gt=0)
     stats_every_s: float = Field(1.0, gt=0)
-    consumer: str = Field("", description="consumer name; empty = hostname-pid")
+    # Consumer name in the stream's group; empty: made once per install (hostname and a random part) and kept in
+    # store.spool_dir, so it differs between installs on one host and stays the same across restarts.
+    consumer: str = ""
 
 
 class WorkerSettings(Section):

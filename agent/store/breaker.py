@@ -13,10 +13,6 @@ class Breaker:
         self._open_until: float | None = None
         self.failures = 0
 
-    @property
-    def is_open(self) -> bool:
-        return self._open_until is not None
-
     def allow(self) -> bool:
         """True when a call may go through. While open, one caller per interval gets a trial."""
         if self._open_until is None:

@@ -17,7 +17,8 @@ AsyncConn = psycopg.AsyncConnection[tuple[Any, ...]]
 
 
 def make_pool(settings: PostgresSettings, *, min_size: int | None = None) -> AsyncConnectionPool[AsyncConn]:
-    """A pool that is not opened yet: forkserver children must open their own (see DESIGN §4)."""
+    """A pool that is not opened yet: connections do not survive a fork, so each room's process, forked from the
+    worker's forkserver, opens its own."""
     kwargs: dict[str, Any] = {"autocommit": True}
     if settings.password is not None:
         kwargs["password"] = settings.password.get_secret_value()
@@ -72,6 +73,14 @@ async def write_batch(
             "created_ats": created_ats,
             "metadatas": [orjson.dumps(m.metadata).decode() for m in messages],
         },
+    )
+
+
+async def write_dead_letters(conn: AsyncConn, rows: Sequence[tuple[str, str, bytes]]) -> None:
+    """(entry id, reason, raw) of entries the flusher set aside while Redis refused its dead-letter stream."""
+    await conn.execute(
+        sql("write_dead_letters"),
+        {"entries": [r[0] for r in rows], "reasons": [r[1] for r in rows], "raws": [r[2] for r in rows]},
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +50,7 @@ class RedisTier:
         self._append = client.register_script(lua("append"))
         self._reseed = client.register_script(lua("reseed"))
         self._lifecycle = client.register_script(lua("lifecycle"))
+        self._settle = client.register_script(lua("settle"))
 
     async def append(self, message: Message, *, mark_partial: bool) -> None:
         """Returns once Redis has the message in the list and the stream: the acknowledgement."""
@@ -84,6 +85,12 @@ class RedisTier:
             ],
         )
 
+    async def settle(self, event: ConversationEvent) -> None:
+        """Apply an event Redis missed to the room's mapping, if it still names the conversation (see settle.lua)."""
+        await self._settle(
+            keys=[self.keys.room(event.room or "")], args=[event.conversation_id, event.status, self._ttl]
+        )
+
     async def room_mapping(self, room: str) -> tuple[str, str] | None:
         return await self.room_mapping_of(self.client, self.keys, room)
 
@@ -110,17 +117,34 @@ class RedisTier:
             args += [message.id, message.encode()]
         await self._reseed(keys=[self.keys.conversation(messages[0].conversation_id)], args=args)
 
-    async def pending(self, conversation_id: str, chunk: int = 1000) -> list[Message]:
-        """The conversation's entries still in the stream (not yet flushed). Costs a scan of the backlog."""
+    async def pending(self, conversation_id: str) -> list[Message]:
+        """The conversation's messages still in the stream (not yet flushed). Costs a scan of the backlog."""
         wanted = digest(conversation_id).encode()
         found: list[Message] = []
+        async for fields in self._backlog():
+            if fields.get(b"k") == b"m" and fields.get(b"h") == wanted:
+                with suppress(InvalidMessage):  # a poison entry: the flusher sets it aside
+                    found.append(Message.decode(fields[b"v"]))
+        return found
+
+    async def room_events(self, room: str) -> list[ConversationEvent]:
+        """The room's conversation events still in the stream: written there because PostgreSQL was down, so
+        they are what open can know of the room while it stays down. Costs a scan of the backlog."""
+        found: list[ConversationEvent] = []
+        async for fields in self._backlog():
+            if fields.get(b"k") == b"c":
+                with suppress(InvalidMessage):
+                    event = ConversationEvent.decode(fields[b"v"])
+                    if event.room == room:
+                        found.append(event)
+        return found
+
+    async def _backlog(self, chunk: int = 1000) -> AsyncIterator[dict[bytes, bytes]]:
         start = "-"
         while True:
             entries: Any = await self.client.xrange(self.keys.stream, min=start, max="+", count=chunk)
             for _entry_id, fields in entries:
-                if fields.get(b"k") == b"m" and fields.get(b"h") == wanted:
-                    with suppress(InvalidMessage):  # a poison entry: the flusher sets it aside
-                        found.append(Message.decode(fields[b"v"]))
+                yield fields
             if len(entries) < chunk:
-                return found
+                return
             start = "(" + entries[-1][0].decode()

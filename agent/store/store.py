@@ -96,16 +96,31 @@ class ConversationStore:
 
     async def _current(self, room: str) -> str | None:
         """The room's newest conversation if it may be resumed. Any tier saying "ended" wins: a reused room
-        name must never show one customer another's history."""
+        name must never show one customer another's history. With PostgreSQL down, a Redis that answers is
+        trusted (its mapping, else the events waiting in the stream, which is never evicted); with Redis down too,
+        only the local spool can tell, and when it cannot, open refuses rather than risk replacing an interrupted
+        conversation with a new one."""
         seen: dict[str, set[str]] = {}
         pg = await self._pg(lambda conn: pg_tier.room_conversation(conn, room))
         mapped = await self._redis_op(lambda: self.redis.room_mapping(room))
         for found in (pg, mapped):
             if isinstance(found, tuple):
                 seen.setdefault(found[0], set()).add(found[1])
+        if isinstance(pg, _Failed) and mapped is None:  # the mapping may have been evicted
+            events = await self._redis_op(lambda: self.redis.room_events(room))
+            if isinstance(events, _Failed):
+                mapped = events
+            else:
+                for event in events:
+                    seen.setdefault(event.conversation_id, set()).add(event.status)
         for event in self.spool.events_for_room(room):
             seen.setdefault(event.conversation_id, set()).add(event.status)
         if not seen:
+            if isinstance(pg, _Failed) and isinstance(mapped, _Failed):
+                raise StoreUnavailable(
+                    f"room {room!r}: PostgreSQL and Redis are unavailable, so whether its conversation may be"
+                    " resumed is unknown"
+                )
             return None
         newest = max(seen)  # ids of room-keyed conversations are UUIDv7: the largest is the newest
         return None if "ended" in seen[newest] else newest
@@ -154,16 +169,25 @@ class ConversationStore:
         return True
 
     async def record_event(self, event: ConversationEvent, *, new: bool) -> None:
-        """Store a conversation event: PostgreSQL first (the truth for lifecycle), else the stream, else spool."""
+        """Store a conversation event: PostgreSQL first (the truth for lifecycle), and Redis (the room's mapping;
+        the stream too when PostgreSQL failed). When Redis refuses it, the spool stands in for Redis, so every
+        tier open reads learns the event, and a refused "ended" still marks the room's mapping if Redis allows."""
         stored = await self._pg(lambda conn: _write_one(conn, [], [event], bypass=False))
         to_stream = isinstance(stored, _Failed)
         done = await self._redis_op(lambda: self.redis.record(event, new=new, to_stream=to_stream))
-        if not to_stream or not isinstance(done, _Failed):
+        if not isinstance(done, _Failed) or (not to_stream and event.room is None):
             return
+        if event.status == "ended" and event.room is not None:
+            try:  # allowed at maxmemory, where the lifecycle script is refused
+                await self.redis.settle(event)
+            except (RedisError, OSError) as exc:
+                log.warning("room %s: its Redis mapping may still say open: %s", event.room, brief(exc))
         try:
             await asyncio.to_thread(self.spool.write_event, event)
         except OSError as exc:
-            raise StoreUnavailable(f"conversation {event.conversation_id}: event not stored") from exc
+            if to_stream:
+                raise StoreUnavailable(f"conversation {event.conversation_id}: event not stored") from exc
+            log.error("conversation %s: %s reached PostgreSQL only: %s", event.conversation_id, event.status, exc)
 
     async def _redis_op(self, op: Callable[[], Awaitable[T]]) -> T | _Failed:
         if not self.redis_breaker.allow():

@@ -83,7 +83,7 @@ async def test_a_conversation_comes_back_whole_into_another_database_and_prefix(
         manifest_text = tar.extractfile(MANIFEST).read().decode()  # type: ignore[union-attr]
     assert names[0] == MANIFEST
     assert {PG_DUMP, "redis.jsonl", "config/appliance.toml", "config/secrets.toml"} <= set(names)
-    assert made.manifest.migrations == ["001_conversations.sql"]
+    assert made.manifest.migrations == ["001_conversations.sql", "002_dead_letters.sql"]
     assert made.manifest.redis_keys == 3  # the conversation's list, the room's mapping, the stream
     assert len(made.manifest.spool_files) == 1
     assert "old-" not in manifest_text and "lk-old" not in manifest_text

@@ -14,7 +14,7 @@ import psycopg
 from tests.harness.appliance import REPO, InstalledAppliance, install_code
 from tests.system.conftest import Join
 
-MIGRATION = "002_upgrade_probe.sql"
+MIGRATION = "900_upgrade_probe.sql"  # numbered past every real migration
 
 
 def newer_checkout(tmp_path: Path) -> Path:
