@@ -2,13 +2,19 @@
 
 Two paths: at once when one of our room processes dies abnormally, and a reconciler that periodically finds
 rooms with humans and no agent (e.g. after the worker itself was killed, or a room created while it was down).
-Never two agents in one room: before dispatching we check the room's participants and recent dispatches, under
-a short Redis lock shared by every worker that uses this Redis.
+Never two agents in one room: a room's dispatch lock, shared by every worker on this Redis, is owned (a token per
+worker process; only the owner renews or releases it). Whoever dispatches a room holds it for dispatch_grace_s;
+the worker that accepts the room's job then claims it and renews the claim while it serves the room, however long
+its pool takes to give the room a process, so no other worker dispatches it again. A worker that dies stops
+renewing: its rooms' claims lapse within dispatch_grace_s, and they are taken over.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +25,7 @@ from livekit.protocol import agent as agent_proto
 from livekit.protocol import models
 
 from agent.logs import brief
+from agent.resources import lua
 from agent.settings import WorkerSettings
 from agent.store.keys import digest
 
@@ -32,6 +39,7 @@ class Counters:
     redispatches: int = 0
     given_up: int = 0  # rooms not revived any more: their agent died too often
     reconciled: int = 0  # rooms found without an agent and dispatched by the reconciler
+    reconcile_rounds: int = 0  # passes of the reconciler over every room: it is alive and looking
 
 
 class Redispatcher:
@@ -41,6 +49,9 @@ class Redispatcher:
         self.settings = settings
         self.key_prefix = key_prefix
         self.counters = Counters()
+        # Unique per worker process, even for two workers of one host or a restarted one with the same pid.
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._owned = redis.register_script(lua("claim"))
         self._deaths: dict[str, deque[float]] = {}
         self._orphan_since: dict[str, float] = {}
 
@@ -73,8 +84,9 @@ class Redispatcher:
         """A room's process died abnormally: remove its ghost participant and dispatch the room again."""
         if not self.record_death(room, cause):
             return
-        # The agent that died proves the room's last dispatch completed: its grace period no longer applies.
-        await self.redis.delete(self._lock(room))
+        # The agent that died proves our dispatch or claim of the room is over (a claim another worker took since
+        # stays, and then that worker serves the room).
+        await self.release(room)
         if dead_identity:
             try:
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
@@ -89,12 +101,11 @@ class Redispatcher:
         The lock stays held for dispatch_grace_s after a dispatch, so no worker dispatches the room again before
         its agent has had time to join; ``dead`` is an agent identity known to be gone even if LiveKit lists it.
         """
-        lock = self._lock(room)
-        if not await self.redis.set(lock, "1", nx=True, ex=max(1, round(self.settings.dispatch_grace_s))):
-            return False  # another worker is dispatching this room
+        if not await self.redis.set(self._lock(room), self.token, nx=True, px=self._grace_ms):
+            return False  # another worker is dispatching or serving this room
         busy = await self._agent_or_pending(room, dead)
         if busy:
-            await self.redis.delete(lock)
+            await self.release(room)
             log.info("room %s not dispatched: %s", room, busy)
             return False
         await self.lkapi.agent_dispatch.create_dispatch(
@@ -104,12 +115,29 @@ class Redispatcher:
         return True
 
     async def claim(self, room: str) -> None:
-        """A worker accepted a job for ``room``: until its process has the room (a busy pool can take many
-        seconds), the room has no agent yet but is no orphan. Holding the dispatch lock says so to every worker."""
-        await self.redis.set(self._lock(room), "1", ex=max(1, round(self.settings.dispatch_grace_s)))
+        """This worker accepted a job for ``room``: until its process has joined (a busy pool can take many
+        seconds) the room has no agent yet but is no orphan. The claim replaces whoever dispatched the room."""
+        await self.redis.set(self._lock(room), self.token, px=self._grace_ms)
+
+    async def renew(self, rooms: set[str]) -> None:
+        """Renew this worker's claims of the rooms it serves or is starting; a claim it lost is not taken back."""
+        if not rooms:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                await self._owned(keys=[self._lock(room)], args=[self.token, "renew", self._grace_ms], client=pipe)
+            await pipe.execute()
+
+    async def release(self, room: str) -> None:
+        """Release this worker's lock of ``room``, if it still is this worker's."""
+        await self._owned(keys=[self._lock(room)], args=[self.token, "release", 0])
+
+    @property
+    def _grace_ms(self) -> int:
+        return round(self.settings.dispatch_grace_s * 1000)
 
     def _lock(self, room: str) -> str:
-        """Held by whoever dispatches the room, for the dispatch's grace period; shared by all workers."""
+        """Held by whoever dispatches the room, then by the worker that serves it; shared by all workers."""
         return f"{self.key_prefix}dispatch:{digest(room)}"
 
     async def _agent_or_pending(self, room: str, dead: str) -> str | None:
@@ -150,3 +178,4 @@ class Redispatcher:
                 log.warning("room %s: dispatch failed: %s", room.name, brief(exc))
         for gone in set(self._orphan_since) - seen:
             del self._orphan_since[gone]
+        self.counters.reconcile_rounds += 1

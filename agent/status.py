@@ -78,5 +78,6 @@ class StatusServer:
                 "redispatches": counters.redispatches,
                 "reconciled": counters.reconciled,
                 "given_up": counters.given_up,
+                "reconcile_rounds": counters.reconcile_rounds,
             },
         }

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, cast
 
@@ -138,13 +139,27 @@ class Worker:
         self.status = StatusServer(self, settings.worker.status_port, settings.livekit)
         self.server.on("worker_started", self._on_started)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._starting: Counter[str] = Counter()  # rooms accepted whose process has not got the job yet
 
     async def _accept(self, request: JobRequest) -> None:
+        """Claim the room, then accept: livekit's accept returns once a process of the pool runs the job, which
+        a busy pool can make take long; the claim is renewed all along (see claimed_rooms)."""
+        room = request.room.name
+        self._starting[room] += 1
         try:
-            await self.redispatcher.claim(request.room.name)
-        except RedisError as exc:  # the reconcilers may then dispatch the room again after orphan_after_s
-            log.warning("room %s: could not claim it: %s", request.room.name, brief(exc))
-        await request.accept()
+            try:
+                await self.redispatcher.claim(room)
+            except RedisError as exc:  # the reconcilers may then dispatch the room again after dispatch_grace_s
+                log.warning("room %s: could not claim it: %s", room, brief(exc))
+            await request.accept()
+        finally:
+            self._starting[room] -= 1
+            if self._starting[room] <= 0:
+                del self._starting[room]
+
+    def claimed_rooms(self) -> set[str]:
+        """The rooms whose claim this worker renews: those it serves and those it is starting."""
+        return {room for room, *_ in self.room_processes()} | set(self._starting)
 
     def _on_started(self) -> None:
         # The process pool is private in livekit-agents 1.8.9 (pinned); it is the only place that says which
@@ -153,12 +168,31 @@ class Worker:
 
     def _on_process_closed(self, proc: ProcJobExecutor) -> None:
         job = proc.running_job
-        cause = exit_cause(proc)
-        if job is None or cause is None or self.server.draining:
+        if job is None:
             return
         room = job.job.room.name
+        cause = exit_cause(proc)
+        if cause is None or self.server.draining:
+            # Over, or cut by the drain timeout: the room is free for whichever worker it needs next.
+            self._spawn(self._release(room))
+            return
         log.warning("room %s: its process %s died (%s, exit %s)", room, proc.pid, cause, proc.exitcode)
         self._spawn(self.redispatcher.revive(room, job.accept_arguments.identity, cause))
+
+    async def _release(self, room: str) -> None:
+        try:
+            await self.redispatcher.release(room)
+        except RedisError as exc:  # the claim lapses by itself within dispatch_grace_s
+            log.warning("room %s: could not release its claim: %s", room, brief(exc))
+
+    async def _renew_claims_forever(self) -> None:
+        """A third of the claims' lifetime apart, so one late renewal never lets a served room's claim lapse."""
+        while True:
+            await asyncio.sleep(self.settings.worker.dispatch_grace_s / 3)
+            try:
+                await self.redispatcher.renew(self.claimed_rooms())
+            except RedisError as exc:
+                log.warning("could not renew the claims of this worker's rooms: %s", brief(exc))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -194,7 +228,7 @@ class Worker:
             if not self.server.id.startswith("AW_"):
                 continue  # not registered yet: LiveKit would drop a job dispatched now (no worker to take it)
             try:
-                await self.redispatcher.reconcile(serving={room for room, *_ in self.room_processes()})
+                await self.redispatcher.reconcile(serving=self.claimed_rooms())
             except Exception as exc:  # LiveKit or Redis unreachable: try again next round
                 log.warning("reconcile failed: %s", brief(exc))
 
@@ -202,6 +236,7 @@ class Worker:
         await self.status.start()
         served = asyncio.create_task(self.server.run(), name="agent server")
         reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
+        renewer = asyncio.create_task(self._renew_claims_forever(), name="claims")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             await asyncio.wait({served, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -219,6 +254,7 @@ class Worker:
             return 0
         finally:
             reconciler.cancel()
+            renewer.cancel()
             stopping.cancel()
             await self.status.aclose()
             await self.lkapi.aclose()

@@ -36,14 +36,16 @@ def worker_settings(base: AgentSettings, livekit: LiveKitServer, **worker: objec
         update={
             "livekit": LiveKitSettings(url=livekit.url, api_key=livekit.api_key, api_secret=livekit.api_secret),
             "worker": WorkerSettings(
-                health_port=free_port(),
-                status_port=free_port(),
-                num_idle_processes=1,
-                departure_timeout_s=3,
-                reconcile_every_s=1,
-                orphan_after_s=2,
-                drain_timeout_s=20,
-                **worker,
+                **{
+                    "health_port": free_port(),
+                    "status_port": free_port(),
+                    "num_idle_processes": 1,
+                    "departure_timeout_s": 3,
+                    "reconcile_every_s": 1,
+                    "orphan_after_s": 2,
+                    "drain_timeout_s": 20,
+                    **worker,
+                }
             ),
         }
     )

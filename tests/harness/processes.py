@@ -132,11 +132,15 @@ class WorkerProcess(EntryPoint):
     def start(self, *, registered: bool = True) -> WorkerProcess:
         self.spawn()
         if registered:
-            wait_until(self._registered, 60, f"worker {self.pid} registered with LiveKit")
+            wait_until(self.registered, 60, f"worker {self.pid} registered with LiveKit")
         return self
 
     def status(self) -> dict[str, Any]:
         return fetch_status(self.settings.worker.status_port, self.settings.livekit, 5)
 
-    def _registered(self) -> bool:
+    def registered(self) -> bool:
         return self.running() and str(self.status()["worker_id"]).startswith("AW_")
+
+    def rooms(self) -> set[str]:
+        """The rooms this worker has a process for."""
+        return {room["room"] for room in self.status()["rooms"]}
