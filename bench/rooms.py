@@ -64,7 +64,7 @@ from bench.rooms_stack import (  # noqa: E402
     undeploy,
     warm,
 )
-from bench.rooms_timeline import cold_open, dispatched_twice, read_timeline, steps  # noqa: E402
+from bench.rooms_timeline import cold_open, dispatched_twice, read_timeline, steps, unserved  # noqa: E402
 from tests.harness.livekit import binary  # noqa: E402
 from tests.harness.processes import WorkerProcess  # noqa: E402
 from tests.harness.servers import wait_until  # noqa: E402
@@ -197,6 +197,14 @@ async def measure_load(stack: Stack, deployment: Deployment, load: Load, config:
     timeline = read_timeline(deployment.timeline)
     result.steps = steps(opened, timeline)
     result.dispatched_twice = dispatched_twice(opened, timeline)
+    causes = unserved(opened, timeline, worker.output())
+    if causes:
+        result.errors = [e for e in result.errors if "never greeted" not in e]
+        result.errors.insert(
+            0,
+            f"{sum(causes.values())} of {rooms} rooms never greeted: "
+            + "; ".join(f"{n} {cause}" for cause, n in causes.most_common()),
+        )
     result.quiet_cpu_pct = quiet
     if stopped:
         result.errors.insert(0, stopped)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,26 @@ def dispatched_twice(rooms: list[Room], timeline: dict[str, list[Stamps]]) -> in
         killed = room.stamps.get("killed", float("inf"))
         count += sum(line["received"] < killed for line in timeline.get(room.name, [])) > 1
     return count
+
+
+def unserved(rooms: list[Room], timeline: dict[str, list[Stamps]], worker_log: str) -> Counter[str]:
+    """Why each room that was never greeted went unserved, counted by cause: memory (its process was killed
+    for it), timeout (its agent came, too late or its greeting lost), cpu (no process of the pool had its job in
+    time: the box was saturated)."""
+    causes: Counter[str] = Counter()
+    for room in rooms:
+        if room.greeted:
+            continue
+        lines = timeline.get(room.name, [])
+        died = f"room {room.name}: its process"
+        if any(died in line and "(memory" in line for line in worker_log.splitlines()):
+            causes["memory: its process was killed over the limit"] += 1
+        elif lines and room.stamps.get("join"):
+            late = lines[0]["session"] - room.stamps["join"]
+            causes[f"timeout: its agent came {late:.0f} s after the join, no greeting within the wait"] += 1
+        else:
+            causes["cpu: no process of the pool had its job within the greeting's wait"] += 1
+    return causes
 
 
 async def cold_open(settings: AgentSettings, name: str, rounds: int = 10) -> Latency:
