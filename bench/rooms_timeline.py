@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,23 +69,32 @@ def dispatched_twice(rooms: list[Room], timeline: dict[str, list[Stamps]]) -> in
     return count
 
 
-def unserved(rooms: list[Room], timeline: dict[str, list[Stamps]], worker_log: str) -> Counter[str]:
-    """Why each room that was never greeted went unserved, counted by cause: memory (its process was killed
-    for it), timeout (its agent came, too late or its greeting lost), cpu (no process of the pool had its job in
-    time: the box was saturated)."""
-    causes: Counter[str] = Counter()
+def unserved(rooms: list[Room], timeline: dict[str, list[Stamps]], worker_log: str) -> list[str]:
+    """Why the rooms that were never greeted went unserved, one phrase per cause with its count: memory (a
+    process killed over the limit), timeout (the agent came after the greeting's wait: the box could not make
+    processes fast enough), cpu (no process of the pool had the room's job at all before the run ended)."""
+    memory, cpu, late = 0, 0, []
     for room in rooms:
         if room.greeted:
             continue
         lines = timeline.get(room.name, [])
         died = f"room {room.name}: its process"
         if any(died in line and "(memory" in line for line in worker_log.splitlines()):
-            causes["memory: its process was killed over the limit"] += 1
+            memory += 1
         elif lines and room.stamps.get("join"):
-            late = lines[0]["session"] - room.stamps["join"]
-            causes[f"timeout: its agent came {late:.0f} s after the join, no greeting within the wait"] += 1
+            late.append(lines[0]["session"] - room.stamps["join"])
         else:
-            causes["cpu: no process of the pool had its job within the greeting's wait"] += 1
+            cpu += 1
+    causes = []
+    if memory:
+        causes.append(f"{memory} memory (its process was killed over the limit)")
+    if late:
+        causes.append(
+            f"{len(late)} timeout (the agent came {min(late):.0f}-{max(late):.0f} s after the join, past the wait:"
+            " the pool made processes too slowly for the CPU)"
+        )
+    if cpu:
+        causes.append(f"{cpu} cpu (no process of the pool had its job before the run ended)")
     return causes
 
 
