@@ -3,8 +3,8 @@
 The pools start empty (no idle process) and make each process by `spawn` (as bench/rooms.py's baseline does: a
 fresh interpreter imports everything, seconds per process on this box), so the last rooms wait for a process
 much longer than a claim lives (dispatch_grace_s = 2 s): a claim that is not renewed while its room waits lets
-the other worker, or the same one, dispatch the room a second time. Then the whole of one worker is killed: its rooms' claims lapse
-and the other worker takes them over.
+the other worker, or the same one, dispatch the room a second time. Then the whole of one worker is killed: its
+rooms' claims lapse and the other worker takes them over.
 """
 
 from __future__ import annotations

@@ -86,6 +86,6 @@ async def test_status_lists_rooms_only_to_the_holder_of_the_token(worker: Worker
     url = f"http://127.0.0.1:{worker.settings.worker.status_port}/status"
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+            await asyncio.to_thread(urllib.request.urlopen, urllib.request.Request(url, headers=headers), timeout=5)
         assert refused.value.code == 401
         assert b"private-name" not in refused.value.read()
