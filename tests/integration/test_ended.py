@@ -22,7 +22,7 @@ def outage_settings(redis_server: RedisServer, pg: PostgresServer, tmp_path: Pat
     return make_settings(redis_server, pg, "appliance", tmp_path, breaker_interval_s=0.2)
 
 
-def mapping(redis_server: RedisServer, settings: AgentSettings, room: str) -> tuple[bytes | None, ...]:
+def mapping(redis_server: RedisServer, settings: AgentSettings, room: str) -> tuple[bytes | str | None, ...]:
     return tuple(redis_server.client().hmget(Keys(settings.store.key_prefix).room(room), ["id", "status"]))
 
 
