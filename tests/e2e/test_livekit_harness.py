@@ -80,7 +80,7 @@ def test_binary_finder_names_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     not_executable = tmp_path / "livekit-server"
     not_executable.write_text("")
     monkeypatch.setenv("LIVEKIT_SERVER_BIN", str(not_executable))
-    with pytest.raises(RuntimeError, match=r"LIVEKIT_SERVER_BIN=.*go install github.com/livekit/livekit-server"):
+    with pytest.raises(RuntimeError, match=r"LIVEKIT_SERVER_BIN=.*scripts/build-livekit-server"):
         harness.binary()
     monkeypatch.delenv("LIVEKIT_SERVER_BIN")
     assert harness.is_livekit_server(str(harness.binary()))
