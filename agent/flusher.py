@@ -100,6 +100,7 @@ class Flusher:
         self.stats = FlusherStats()
         self.rooms = RedisTier(self.redis, settings.store)
         self._publish = self.redis.register_script(lua("stats"))
+        self._group = self.redis.register_script(lua("group"))
         self._stopping = asyncio.Event()
         self._reread_pending = True  # start with our own pending entries
 
@@ -175,19 +176,7 @@ class Flusher:
                 await asyncio.sleep(0.5)
 
     async def ensure_group(self) -> None:
-        """Make the consumer group unless it exists. Asks first: Redis refuses XGROUP CREATE at maxmemory."""
-        try:
-            groups: Any = await self.redis.xinfo_groups(self.keys.stream)
-            if any(g["name"] in (GROUP, GROUP.encode()) for g in groups):
-                return
-        except ResponseError as exc:
-            if "no such key" not in str(exc):
-                raise
-        try:
-            await self.redis.xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self._group(keys=[self.keys.stream], args=[GROUP])
 
     async def read_batch(self, *, block: bool) -> list[Entry]:
         """Our own pending entries first (after a restart or a failure), then new ones."""
@@ -229,9 +218,11 @@ class Flusher:
     async def _acknowledge(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self.keys.stream, GROUP, *ids)
+        # Not MULTI: at maxmemory Redis refuses to queue any command. Delete first: an entry deleted but still
+        # pending is read back empty and only acknowledged, while one acknowledged but not deleted would stay.
+        async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xdel(self.keys.stream, *ids)
+            pipe.xack(self.keys.stream, GROUP, *ids)
             await pipe.execute()
 
     async def _store(self, entries: Sequence[Entry], *, bypass: bool) -> list[Entry]:
