@@ -3,7 +3,6 @@ write-ahead stream, dead letters, the spool) and a running flusher does not writ
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
@@ -133,15 +132,15 @@ async def test_forget_waits_for_a_batch_the_flusher_holds_then_deletes_what_it_c
         await flusher.ensure_group()
         held = await flusher.read_batch(block=False)  # in the flusher's memory, about to be committed
         assert [e.entry_id for e in held if isinstance(e.record, Message)] and len(held) == len(sent)
-        forgetting = asyncio.create_task(asyncio.to_thread(forget, settings, conv.id))
-        await asyncio.sleep(0.3)
-        assert not forgetting.done()  # waits for the batch rather than clearing PostgreSQL under it
-        await flusher.flush(held)
-        removed = await forgetting
+        # While the batch is held, forget cannot finish: past its wait it refuses, before PostgreSQL is touched.
+        with pytest.raises(ApplianceError, match="a flusher still holds 5 entries"):
+            forget(settings, conv.id, flusher_wait_s=0.5)
+        await flusher.flush(held)  # commits what it held, then acknowledges
+        removed = forget(settings, conv.id)
     finally:
         await flusher.pool.close()
         await flusher.redis.aclose()
-    assert removed.stream_entries == 5
+    assert removed.stream_entries == 0  # the refused forget deleted them
     assert removed.postgres_messages == 5  # what the flusher committed meanwhile
     assert stored_ids(settings, conv.id) == []
     assert conversation_status(settings, conv.id) is None
