@@ -2,8 +2,9 @@
 
 The order matters because the flusher copies the write-ahead stream and the spool into PostgreSQL: their entries
 of the conversation go first, PostgreSQL is cleared only once no flusher can still hold one of them in memory,
-and the Redis keys (caches nobody copies) go last. A conversation a room is still writing can come back: forget
-it once its room has ended.
+and the Redis keys (caches nobody copies) go last. Redis' append-only file still holds every deleted write until
+it is rewritten, so forget ends with a rewrite. A conversation a room is still writing can come back: forget it
+once its room has ended.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from appliance.stores import on_redis, postgres_connection, redis_client
 CHUNK = 1000
 # A spool file is locked by its writer for one fsynced line, by the flusher for one import.
 SPOOL_LOCK_TIMEOUT_S = 30.0
+# A rewrite copies the live data set (at most Redis' cap, 2 GB): minutes on a slow disk.
+AOF_REWRITE_WAIT_S = 600.0
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Forgotten:
     redis_keys: int = 0  # the cached list and the room's mapping
     spool_lines: int = 0
     spool_files: int = 0  # rewritten or removed
+    aof_rewritten: bool = False  # Redis' append-only file rewritten without it
     rooms: set[str] = field(default_factory=set)
 
     @property
@@ -69,6 +73,7 @@ class Forgotten:
                 "stream_entries": self.stream_entries,
                 "dead_letters": self.dead_letters,
                 "keys": self.redis_keys,
+                "aof_rewritten": self.aof_rewritten,
             },
             "spool": {"lines": self.spool_lines, "files": self.spool_files},
         }
@@ -94,6 +99,7 @@ def forget(settings: AgentSettings, conversation_id: str, *, flusher_wait_s: flo
         )
         _drop_postgres(settings, out)
         on_redis(settings.redis, lambda: _drop_redis_keys(client, keys, out))
+        out.aof_rewritten = on_redis(settings.redis, lambda: _rewrite_aof(client, wait_s=AOF_REWRITE_WAIT_S))
     finally:
         client.close()
     return out
@@ -143,6 +149,41 @@ def _wait_released(client: redis.Redis, keys: Keys, ids: set[str], *, dead_after
             raise ApplianceError(
                 f"a flusher still holds {len(alive)} entries of this conversation after {wait_s:.0f}s:"
                 " is it stuck? check `appliance status`, then run forget again"
+            )
+        time.sleep(0.05)
+
+
+def _rewrite_aof(client: redis.Redis, *, wait_s: float) -> bool:
+    """Rewrite Redis' append-only file from the data set as it is now, so the deleted writes leave the disk; False
+    when Redis keeps none. A rewrite already running may have copied the data from before the deletes: it is
+    waited for, then ours starts."""
+
+    def persistence() -> dict[str, Any]:
+        return dict(client.info("persistence"))
+
+    if not int(persistence().get("aof_enabled", 0)):
+        return False
+    deadline = time.monotonic() + wait_s
+    started = False
+    while True:
+        info = persistence()
+        busy = int(info.get("aof_rewrite_in_progress", 0)) or int(info.get("aof_rewrite_scheduled", 0))
+        if started and not busy:
+            if info.get("aof_last_bgrewrite_status") != "ok":
+                raise ApplianceError("Redis could not rewrite its append-only file: see `appliance logs redis`")
+            return True
+        if not started and not busy:
+            try:
+                client.bgrewriteaof()  # started now, or scheduled after a snapshot in progress
+                started = True
+                continue
+            except ResponseError as exc:
+                if "in progress" not in str(exc):
+                    raise
+        if time.monotonic() > deadline:
+            raise ApplianceError(
+                f"Redis' append-only file rewrite did not finish within {wait_s:.0f}s: the deleted text is still"
+                " in it; run forget again later"
             )
         time.sleep(0.05)
 

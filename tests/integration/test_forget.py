@@ -74,7 +74,7 @@ async def test_forget_removes_it_from_every_tier_and_nothing_comes_back(
     assert removed.as_dict() == {
         "conversation": doomed.id,
         "postgres": {"messages": 3, "conversation": True},
-        "redis": {"stream_entries": 2, "dead_letters": 1, "keys": 2},  # the list and the room's mapping
+        "redis": {"stream_entries": 2, "dead_letters": 1, "keys": 2, "aof_rewritten": True},  # keys: list, mapping
         "spool": {"lines": 1, "files": 1},
     }
     assert stored_ids(settings, doomed.id) == []
@@ -94,6 +94,26 @@ async def test_forget_removes_it_from_every_tier_and_nothing_comes_back(
     again = await store.open("doomed")  # the room's name now starts a new, empty conversation
     assert again.id != doomed.id
     assert list(again.window) == []
+
+
+async def test_the_append_only_file_no_longer_holds_the_text(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    doomed = await store.open("doomed")
+    kept = await store.open("kept")
+    await doomed.append("user", "u", "my card number is 4111-1111-1111-1111")
+    await kept.append("user", "u", "nothing secret here")
+    aof = redis_server.dir / "appendonlydir"
+
+    def holding(text: bytes) -> list[str]:
+        return [path.name for path in aof.iterdir() if text in path.read_bytes()]
+
+    assert holding(b"4111-1111-1111-1111")  # written before the reply: the AOF has it
+    removed = forget(settings, doomed.id)
+    assert removed.aof_rewritten
+    # Redis unlinks the files the rewrite replaced in a background thread, just after.
+    wait_until(lambda: not holding(b"4111-1111-1111-1111"), 10, "no AOF file holding the forgotten text")
+    assert holding(b"nothing secret here")  # the rest of the data set is still there
 
 
 async def test_a_running_flusher_does_not_write_it_back(
