@@ -8,7 +8,8 @@
 #      Redis and PostgreSQL instances (what existed before is recorded in $STATE_FILE for `appliance uninstall`);
 #   3. the venv /opt/appliance/venv with this checkout installed in it (a copy: the checkout may go away after);
 #   4. livekit-server (when the appliance bundles one) at /opt/appliance/bin/livekit-server;
-#   5. exec /opt/appliance/venv/bin/appliance install with every option passed through unchanged.
+#   5. exec /opt/appliance/venv/bin/appliance install with every option passed through (the LiveKit API secret,
+#      read from its file or standard input before anything changes, on a descriptor: never on a command line).
 # Everything it prints is also written to /var/log/appliance/install-<time>.log.
 set -eEuo pipefail
 
@@ -26,23 +27,27 @@ readonly MIN_PYTHON=3.11 MIN_REDIS=7.0
 # "4 GB" VM is ~3.8 GiB and of a "32 GB" one ~31 GiB, hence the MiB figures.
 readonly MIN_CPUS=2 MIN_RAM_MIB=3500 MIN_DISK_MIB=3072
 readonly GOOD_CPUS=16 GOOD_RAM_MIB=30000 GOOD_DISK_MIB=20480
-readonly LIVEKIT_VERSION=1.9.11
+# The livekit-server version bundled: one home, config/livekit-server.version (scripts/build-livekit-server builds it).
+LIVEKIT_VERSION=$(<"$(dirname "${BASH_SOURCE[0]}")/config/livekit-server.version")
+readonly LIVEKIT_VERSION
 # sha256 of the official release tarballs (github.com/livekit/livekit/releases, livekit_<v>_linux_<arch>.tar.gz).
 # The download route is used only for an architecture pinned here.
 declare -A LIVEKIT_SHA256=([amd64]="" [arm64]="")
 
 usage() {
     cat <<'EOF'
-Usage: sudo ./install.sh [OPTIONS]
+Usage: ./install.sh [OPTIONS]        (as root, or with sudo)
 
 Installs the LiveKit agent appliance and starts it; safe to re-run (that is also the upgrade).
 
-Options (passed through unchanged to `appliance install`):
+Options (passed through to `appliance install`):
   --role all|worker            all (default): Redis, PostgreSQL, LiveKit and the agents on this box;
                                worker: the agents only, pointed at a shared LiveKit, Redis and PostgreSQL
   --livekit-url URL            use this LiveKit server (ws[s]:// or http[s]://) instead of a bundled one
   --livekit-api-key KEY        its API key (with --livekit-url)
-  --livekit-api-secret SECRET  its API secret (with --livekit-url)
+  --livekit-api-secret-file FILE
+                               a file holding its API secret, '-' for standard input (with --livekit-url;
+                               one trailing newline is dropped); never on the command line
   --livekit-server-bin PATH    the livekit-server binary to bundle (else: built with Go, or downloaded)
   --node-ip IP                 the address clients reach the bundled LiveKit at
   --domain NAME                the public name clients use (TLS terminated in front, see README)
@@ -61,21 +66,23 @@ die() {
     exit 1
 }
 
-# ---- options: validated here, passed through untouched --------------------------------------------------------
+# ---- options: validated here, then passed through ----------------------------------------------------------------
 
-role="" livekit_url="" api_key="" api_secret="" server_bin="" node_ip="" domain="" yes=0
+role="" livekit_url="" api_key="" secret_file="" server_bin="" node_ip="" domain="" yes=0
+# What `appliance install` gets: the options as given, but the secret file's name, which becomes a descriptor.
+handover=()
 parse_options() {
     local opt value
     while (($#)); do
         opt=$1 value=""
         case $opt in
             -h | --help) usage; exit 0 ;;
-            --yes) yes=1; shift; continue ;;
-            --role=* | --livekit-url=* | --livekit-api-key=* | --livekit-api-secret=* | --livekit-server-bin=* | \
+            --yes) yes=1; handover+=(--yes); shift; continue ;;
+            --role=* | --livekit-url=* | --livekit-api-key=* | --livekit-api-secret-file=* | --livekit-server-bin=* | \
                 --node-ip=* | --domain=*)
                 value=${opt#*=} opt=${opt%%=*} ;;
-            --role | --livekit-url | --livekit-api-key | --livekit-api-secret | --livekit-server-bin | --node-ip | \
-                --domain)
+            --role | --livekit-url | --livekit-api-key | --livekit-api-secret-file | --livekit-server-bin | \
+                --node-ip | --domain)
                 (($# >= 2)) || die "$opt needs a value (see ./install.sh --help)"
                 value=$2
                 shift ;;
@@ -87,11 +94,12 @@ parse_options() {
             --role) role=$value ;;
             --livekit-url) livekit_url=$value ;;
             --livekit-api-key) api_key=$value ;;
-            --livekit-api-secret) api_secret=$value ;;
+            --livekit-api-secret-file) secret_file=$value; continue ;;
             --livekit-server-bin) server_bin=$value ;;
             --node-ip) node_ip=$value ;;
             --domain) domain=$value ;;
         esac
+        handover+=("$opt" "$value")
     done
     case $role in
         "" | all | worker) ;;
@@ -100,11 +108,11 @@ parse_options() {
     if [[ -n $livekit_url && ! $livekit_url =~ ^(wss?|https?)://[^/[:space:]]+ ]]; then
         die "--livekit-url must be a ws://, wss://, http:// or https:// URL, not '$livekit_url'"
     fi
-    if [[ -n $api_key$api_secret && -z $livekit_url ]]; then
-        die "--livekit-api-key/--livekit-api-secret go with --livekit-url (a bundled LiveKit gets generated keys)"
+    if [[ -n $api_key$secret_file && -z $livekit_url ]]; then
+        die "--livekit-api-key/--livekit-api-secret-file go with --livekit-url (a bundled LiveKit gets generated keys)"
     fi
-    if [[ -n $livekit_url && (-z $api_key || -z $api_secret) ]]; then
-        die "--livekit-url needs --livekit-api-key and --livekit-api-secret"
+    if [[ -n $livekit_url && (-z $api_key || -z $secret_file) ]]; then
+        die "--livekit-url needs --livekit-api-key and --livekit-api-secret-file"
     fi
     if [[ -n $server_bin && -n $livekit_url ]]; then
         die "--livekit-server-bin bundles a LiveKit server, --livekit-url uses another one: pass one of them"
@@ -134,6 +142,24 @@ valid_ip() {
     [[ $ip == *:* && $ip =~ ^[0-9A-Fa-f:.]+$ ]]
 }
 
+# The API secret, read once before anything changes (a pipe or standard input can be read only once); it reaches
+# `appliance install` on descriptor 3, never in an argument or the environment of a process.
+api_secret=""
+read_secret() {
+    [[ -n $secret_file ]] || return 0
+    local where="standard input"
+    if [[ $secret_file == - ]]; then
+        IFS= read -r -d '' api_secret || true
+    else
+        where=$secret_file
+        [[ -r $secret_file && ! -d $secret_file ]] || die "--livekit-api-secret-file $secret_file: not a readable file"
+        IFS= read -r -d '' api_secret <"$secret_file" || true
+    fi
+    api_secret=${api_secret%$'\n'}
+    [[ -n $api_secret ]] || die "--livekit-api-secret-file: $where is empty (it must hold the LiveKit API secret)"
+    handover+=(--livekit-api-secret-file /dev/fd/3)
+}
+
 # "1.9.11" for a livekit-server binary, else failure.
 livekit_version() {
     local out
@@ -157,6 +183,10 @@ start_log() {
 
 on_error() {
     local rc=$1 line=$2 command=$3 last=""
+    # The main shell only: a failure in a command substitution or a subshell reaches it as that command's status
+    # (and is reported once, here) or is handled there; reporting it in the subshell too would say "failed" for
+    # a run that goes on.
+    ((BASHPID == $$)) || return 0
     # Read before anything below reaches the log through tee.
     if [[ -n $log_file ]]; then
         last=$(grep -v '^[[:space:]]*$' "$log_file" | tail -n 6 | sed 's/^/  | /')
@@ -416,7 +446,7 @@ choose_livekit_source() {
     elif [[ -n ${LIVEKIT_SHA256[$arch]:-} ]] && timeout 5 bash -c ': >/dev/tcp/github.com/443' 2>/dev/null; then
         livekit_source=download
     else
-        refuse "no livekit-server to bundle: pass --livekit-server-bin PATH (a livekit-server $LIVEKIT_VERSION binary), install Go >= 1.23 so it can be built, or use an existing LiveKit with --livekit-url"
+        refuse "no livekit-server to bundle: pass --livekit-server-bin PATH (a livekit-server $LIVEKIT_VERSION binary), install Go >= 1.26 so it can be built, or use an existing LiveKit with --livekit-url"
     fi
 }
 
@@ -443,7 +473,6 @@ record_state() {
             echo "$(state_key "$unit")_ENABLED=$(unit_enabled "$unit")"
             echo "$(state_key "$unit")_ACTIVE=$(unit_active "$unit")"
         done
-        echo "POSTGRESQL_CLUSTERS=\"$(pg_clusters)\""
         echo "PACKAGES_ADDED=\"\""
         echo "SERVICES_DISABLED=\"\""
     } >"$tmp"
@@ -496,12 +525,6 @@ unit_active() {
         systemctl is-active "$1" 2>/dev/null || true
     else
         echo unknown
-    fi
-}
-
-pg_clusters() {
-    if command -v pg_lsclusters >/dev/null; then
-        pg_lsclusters -h 2>/dev/null | awk '{ printf "%s%s/%s:%s", NR > 1 ? " " : "", $1, $2, $4 }'
     fi
 }
 
@@ -650,8 +673,8 @@ ensure_livekit() {
             local gobin
             gobin=$scratch/gobin
             step livekit-server "building $LIVEKIT_VERSION with Go (a few minutes the first time)"
-            GOBIN=$gobin go install "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_VERSION" >>"$log_file" 2>&1 ||
-                die "go install of livekit-server $LIVEKIT_VERSION failed (see $log_file): pass --livekit-server-bin PATH instead"
+            "$src/scripts/build-livekit-server" "$gobin/server" >>"$log_file" 2>&1 ||
+                die "building livekit-server $LIVEKIT_VERSION with Go failed (see $log_file): pass --livekit-server-bin PATH instead"
             install_binary "$gobin/server"
             rm -rf "$gobin" ;;
         download)
@@ -702,9 +725,10 @@ confirm() {
 
 main() {
     parse_options "$@"
-    [[ $EUID -eq 0 ]] || die "run as root: sudo ./install.sh (options as before)"
+    [[ $EUID -eq 0 ]] || die "run as root (or with sudo): ./install.sh (options as before)"
     src=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     [[ -f $src/pyproject.toml && -d $src/appliance ]] || die "$src is not the appliance's checkout"
+    read_secret
     start_log
     scratch=$(mktemp -d)
     local started=$SECONDS
@@ -721,7 +745,10 @@ main() {
     step handover "done in $((SECONDS - started)) s: appliance install takes over"
     cleanup
     trap - ERR EXIT
-    exec "$VENV/bin/appliance" install "$@"
+    if [[ -n $api_secret ]]; then
+        exec 3<<<"$api_secret"
+    fi
+    exec "$VENV/bin/appliance" install "${handover[@]}"
 }
 
 main "$@"

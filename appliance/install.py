@@ -90,7 +90,7 @@ def install(options: InstallOptions, report: Report) -> Outcome:
                 changed.add("supervisord")
     if settings.runs_stores:
         _ensure_cluster(settings, layout, user, report)
-    unit_changed = _ensure_unit(settings, layout, report)
+    _ensure_unit(settings, layout, report)
     state = _read_state(layout)
     sections = _section_hashes(settings)
     code = _code_fingerprint()
@@ -99,7 +99,7 @@ def install(options: InstallOptions, report: Report) -> Outcome:
             changed |= SECTION_PROGRAMS.get(section, frozenset())
     if state.get("code") != code:
         changed |= {"flusher", "worker"}
-    outcome.started = _ensure_running(layout, settings, unit_changed, report)
+    outcome.started = _ensure_running(layout, settings, report)
     if settings.runs_stores:
         _ensure_database(settings, report)
     if not outcome.started and state:
@@ -181,7 +181,7 @@ def _livekit_source(settings: ApplianceSettings, options: InstallOptions) -> Pat
     if not os.access(settings.livekit_server.bin, os.X_OK):
         raise ApplianceError(
             f"livekit-server not found at {settings.livekit_server.bin}: pass --livekit-server-bin PATH, "
-            "or --livekit-url with --livekit-api-key/--livekit-api-secret to use an external LiveKit"
+            "or --livekit-url with --livekit-api-key/--livekit-api-secret-file to use an external LiveKit"
         )
     return None
 
@@ -303,7 +303,9 @@ def _ensure_cluster(settings: ApplianceSettings, layout: Layout, user: pwd.struc
     report("created", f"PostgreSQL cluster {layout.pg_data}")
 
 
-def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) -> bool:
+def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) -> None:
+    """The unit file, and systemd told of a change (daemon-reload). A running service is not restarted for it,
+    which would stop every program and drop every room: the new unit applies in full at the service's next start."""
     others = [p.stopwaitsecs for p in programs(settings, layout, journal=False) if p.name != "worker"]
     text = render_unit(
         user=settings.control.user,
@@ -322,10 +324,9 @@ def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) ->
         if changed:
             service.systemctl("daemon-reload")
         service.systemctl("enable", layout.unit_file.name)
-    return changed
 
 
-def _ensure_running(layout: Layout, settings: ApplianceSettings, unit_changed: bool, report: Report) -> bool:
+def _ensure_running(layout: Layout, settings: ApplianceSettings, report: Report) -> bool:
     started = service.start(settings, layout)
     report("started" if started else "unchanged", "supervisord" + (" and its programs" if started else " running"))
     return started

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import click
 
@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 )
 @click.option("--livekit-url", help="Use this external LiveKit (ws(s):// or http(s)://) instead of the bundled one.")
 @click.option("--livekit-api-key", help="The external LiveKit's API key.")
-@click.option("--livekit-api-secret", help="The external LiveKit's API secret (stored in secrets.toml).")
+@click.option(
+    "--livekit-api-secret-file",
+    type=click.File("r", encoding="utf-8"),
+    help="A file holding the external LiveKit's API secret, '-' for standard input (stored in secrets.toml).",
+)
 @click.option(
     "--livekit-server-bin",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -34,7 +38,7 @@ def install(
     role: str | None,
     livekit_url: str | None,
     livekit_api_key: str | None,
-    livekit_api_secret: str | None,
+    livekit_api_secret_file: TextIO | None,
     livekit_server_bin: Path | None,
     node_ip: str | None,
     domain: str | None,
@@ -45,10 +49,13 @@ def install(
     from agent.settings import config_path
     from appliance.install import InstallOptions
 
-    if livekit_url and not (livekit_api_key and livekit_api_secret):
-        raise click.UsageError("--livekit-url needs --livekit-api-key and --livekit-api-secret")
+    if livekit_url and not (livekit_api_key and livekit_api_secret_file):
+        raise click.UsageError("--livekit-url needs --livekit-api-key and --livekit-api-secret-file")
+    if (livekit_api_key or livekit_api_secret_file) and not livekit_url:
+        raise click.UsageError("--livekit-api-key/--livekit-api-secret-file go with --livekit-url")
+    livekit_api_secret = _read_secret(livekit_api_secret_file) if livekit_api_secret_file else None
     if os.geteuid() != 0:
-        raise click.UsageError("run as root (sudo appliance install): it creates a user and system files")
+        raise click.UsageError("run as root (or with sudo): it creates a user and system files")
     if not yes and not click.confirm(f"Install the appliance (config {config_path(os.environ)})?", default=True):
         app.exit(1)
     options = InstallOptions(
@@ -73,8 +80,21 @@ def reconfigure(app: App) -> None:
     from appliance.install import InstallOptions
 
     if os.geteuid() != 0:
-        raise click.UsageError("run as root (sudo appliance reconfigure)")
+        raise click.UsageError("run as root (or with sudo)")
     _run(app, InstallOptions(config_file=config_path(os.environ)))
+
+
+def _read_secret(source: TextIO) -> str:
+    """The secret a file holds, without its trailing newline: a secret never goes on a command line, where every
+    local user can read it (/proc/*/cmdline) and the shell's history keeps it."""
+    option = "--livekit-api-secret-file"
+    try:
+        secret = source.read().removesuffix("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {source.name}: {type(exc).__name__}", param_hint=option) from None
+    if not secret:
+        raise click.BadParameter(f"{source.name} is empty", param_hint=option)
+    return secret
 
 
 def _run(app: App, options: object) -> None:

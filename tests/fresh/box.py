@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
+from appliance.uninstall import InstallState
 from tests.harness import livekit
 from tests.harness.chroot import FreshRoot, HostNetwork, clean_stale, mounts_under, pristine_tarball
 from tests.harness.livekit import PrivateNetwork
@@ -23,6 +25,8 @@ SOURCE = "/root/appliance"
 LIVEKIT_BIN = "/root/livekit-server"
 INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
+STATE_FILE = "/var/lib/appliance/install-state.env"
+DEBIAN_UNITS = ("redis-server.service", "postgresql.service")
 # The appliance's settings for these boxes: every port of the bundled LiveKit on 127.0.0.1, ICE on loopback, a
 # loopback STUN address (the rest is loopback anyway). install keeps an existing config and fills in the rest.
 CONFIG = """\
@@ -31,13 +35,18 @@ loopback_only = true
 """
 
 
-@contextlib.contextmanager
-def fresh_root(private_network: PrivateNetwork | None) -> Iterator[FreshRoot]:
-    """A pristine Debian 12 root holding a copy of this checkout, a livekit-server and CONFIG; removed after."""
+def fresh_root(private_network: PrivateNetwork | None) -> contextlib.AbstractContextManager[FreshRoot]:
+    """``prepared_root``, or the test skips where there can be none."""
     if os.geteuid() != 0 or private_network is None:
         pytest.skip("a debootstrap root, mounts and chroot need root")
     if not shutil.which("debootstrap"):
         pytest.skip("debootstrap is not installed (scripts/test installs it)")
+    return prepared_root(private_network)
+
+
+@contextlib.contextmanager
+def prepared_root(private_network: PrivateNetwork) -> Iterator[FreshRoot]:
+    """A pristine Debian 12 root holding a copy of this checkout, a livekit-server and CONFIG; removed after."""
     # The descriptor of the namespace the session came from: downloads go out through it.
     host = HostNetwork(private_network.host_namespace)
     clean_stale()
@@ -51,6 +60,68 @@ def fresh_root(private_network: PrivateNetwork | None) -> Iterator[FreshRoot]:
         # The tests check that uninstall leaves no process; after a failure, whatever runs is killed here.
         root.close()
         assert not mounts_under(root.path), "mounts left under the root"
+
+
+def run_install(
+    root: FreshRoot,
+    command: str = INSTALL,
+    *,
+    host_network: bool = False,
+    input: str | None = None,
+    wrap: Sequence[str] = (),
+    timeout: float = 1500,
+) -> subprocess.CompletedProcess[str]:
+    """install.sh run in the root: it succeeds and says nothing is wrong (no "error:" line, as a failure in a
+    command substitution once printed during a successful run)."""
+    done = root.run(["bash", "-c", command], host_network=host_network, input=input, wrap=wrap, timeout=timeout)
+    assert done.returncode == 0, explain(done)
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.lstrip().startswith("error:")]
+    assert not errors, "install.sh succeeded but printed:\n" + "\n".join(errors)
+    return done
+
+
+def install_sh_packages() -> list[str]:
+    """install.sh's PACKAGES, read from the script (their one home)."""
+    found = re.search(r"^readonly PACKAGES=\(([^)]*)\)", (CHECKOUT / "install.sh").read_text(), re.MULTILINE)
+    assert found, "install.sh has no PACKAGES line"
+    return found[1].split()
+
+
+def package_installed(root: FreshRoot, package: str) -> bool:
+    status = root.run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package]).stdout
+    return status.startswith("ii")
+
+
+def expected_state(root: FreshRoot) -> dict[str, str]:
+    """What install.sh's first run must record about this box (but INSTALLED_AT), from the box before it runs."""
+    state = {
+        "APPLIANCE_HOME": "/opt/appliance",
+        "CONFIG_FILE": "/etc/appliance/appliance.toml",
+        "CLI_LINK": "/usr/local/bin/appliance",
+        "CREATECLUSTER_CONF": "/etc/postgresql-common/createcluster.d/50-appliance.conf",
+        "PACKAGES_ADDED": " ".join(p for p in install_sh_packages() if not package_installed(root, p)),
+    }
+    disabled = []
+    for unit in DEBIAN_UNITS:
+        key = unit.removesuffix(".service").replace("-", "_").upper()
+        present = package_installed(root, unit.removesuffix(".service"))
+        enabled = root.run(["systemctl", "--root=/", "is-enabled", unit]).stdout.strip()
+        state[f"{key}_PACKAGE"] = "installed" if present else "absent"
+        state[f"{key}_ENABLED"] = enabled or "absent"
+        state[f"{key}_ACTIVE"] = "unknown"  # no systemd runs in the root
+        if not present:
+            disabled.append(unit)  # Debian's service that comes with our package stays off
+    state["SERVICES_DISABLED"] = " ".join(disabled)
+    return state
+
+
+def assert_state(root: FreshRoot, expected: dict[str, str]) -> None:
+    """install.sh's state file says exactly ``expected``, and when it first ran."""
+    state = InstallState.read(root.path / STATE_FILE.lstrip("/"))
+    assert state is not None, f"no {STATE_FILE}"
+    values = dict(state.values)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", values.pop("INSTALLED_AT", "")), state.values
+    assert values == expected
 
 
 def write_config(root: FreshRoot) -> None:

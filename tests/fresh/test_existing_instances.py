@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.fresh.box import APPLIANCE, INSTALL, debian_instances, explain, fresh_root
+from tests.fresh.box import APPLIANCE, assert_state, debian_instances, expected_state, explain, fresh_root, run_install
 from tests.fresh.conftest import TIMINGS
 from tests.harness.chroot import FreshRoot
 from tests.harness.livekit import PrivateNetwork
@@ -44,15 +44,17 @@ def test_debian_redis_and_postgresql_already_running_are_left_alone(private_netw
         assert before.redis_enabled and before.postgresql_enabled, before
         assert [line.split()[:4] for line in before.clusters] == [["15", "main", "5432", "online"]]
         assert [name for name, _ in before.processes] == ["postgres", "redis-server"]
+        state = expected_state(root)
+        assert state["REDIS_SERVER_PACKAGE"] == state["POSTGRESQL_PACKAGE"] == "installed", state
+        assert state["REDIS_SERVER_ENABLED"] == state["POSTGRESQL_ENABLED"] == "enabled", state
+        assert state["SERVICES_DISABLED"] == "", state
 
         started = time.monotonic()
-        done = root.run(["bash", "-c", INSTALL], host_network=True, timeout=1500)
+        done = run_install(root, host_network=True)
         TIMINGS.append(("install.sh --yes beside Debian's own Redis and PostgreSQL", time.monotonic() - started))
-        assert done.returncode == 0, explain(done)
         assert "install.sh: debian-services        unchanged" in done.stdout
         assert not root.exists(CREATECLUSTER_CONF)
-        state = (root.path / "var/lib/appliance/install-state.env").read_text()
-        assert "REDIS_SERVER_PACKAGE=installed" in state and "POSTGRESQL_PACKAGE=installed" in state
+        assert_state(root, state)
         assert debian_instances(root) == before
 
         done = root.run([APPLIANCE, "uninstall", "--purge", "--yes"], timeout=600)

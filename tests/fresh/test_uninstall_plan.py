@@ -23,7 +23,6 @@ REDIS_SERVER_ACTIVE=unknown
 POSTGRESQL_PACKAGE=installed
 POSTGRESQL_ENABLED=enabled
 POSTGRESQL_ACTIVE=active
-POSTGRESQL_CLUSTERS="15/main:online"
 PACKAGES_ADDED="redis-server python3-venv"
 """
 

@@ -208,15 +208,19 @@ class FreshRoot:
         env: Mapping[str, str] | None = None,
         timeout: float = 120,
         check: bool = False,
+        input: str | None = None,
+        wrap: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[str]:
-        """``argv`` inside the root as root, with a fresh box's environment; in the host's network when asked."""
-        command = ["chroot", str(self.path), *argv]
+        """``argv`` inside the root as root, with a fresh box's environment; in the host's network when asked.
+        ``input`` is its standard input (else none); ``wrap`` runs it under a host command (``strace -f ...``)."""
+        command = [*wrap, "chroot", str(self.path), *argv]
         if host_network:
             command = self.host.wrap(command)
         return subprocess.run(
             command,
             env={**CHROOT_ENV, **(env or {})},
-            stdin=subprocess.DEVNULL,
+            input=input,
+            stdin=subprocess.DEVNULL if input is None else None,
             capture_output=True,
             text=True,
             timeout=timeout,
