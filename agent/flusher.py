@@ -307,6 +307,7 @@ class Flusher:
                 poison += [e for e in entries if e.record is None]
                 if poison:
                     await self._dead_letter(poison)
+                await self.rooms.drop_cached({m.conversation_id for m in spooled.messages})
                 for event in spooled.events:  # Redis did not take them when they happened
                     if event.room is not None:
                         await self.rooms.settle(event)

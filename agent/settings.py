@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from agent.store.acl import AclUser
+
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRETS_NAME = "secrets.toml"
 # The control plane keeps its own settings under these tables; the data plane leaves them alone.
@@ -46,6 +48,10 @@ class RedisSettings(Section):
     unix_socket: Path | None = None
     db: int = Field(0, ge=0)
     password: SecretStr | None = None
+    # The ACL user a data-plane program connects as on the appliance's own Redis (set per program by the
+    # rendered supervisord.conf; its password is derived from `password`, see agent/store/acl.py). None: the
+    # default user with `password`, as on a shared Redis.
+    acl_user: AclUser | None = None
     # One round trip is ~0.1 ms; a Redis that takes this long is treated as down (see store.breaker_interval_s).
     timeout_s: float = Field(0.5, gt=0, le=30)
     # everysec: a killed Redis loses nothing, a crashed machine up to ~1 s (see README); always: nothing, slower.

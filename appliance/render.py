@@ -6,9 +6,12 @@ import shlex
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import get_args
 
 import jinja2
 
+from agent.store import acl
+from agent.store.acl import AclUser
 from appliance.layout import Layout
 from appliance.logs import postgres_log_lines, program_output, redis_log_lines, use_journal
 from appliance.resources import resource_path
@@ -90,6 +93,9 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
                 environment=env,
             )
         )
+    # On the appliance's own Redis each data-plane program connects as its own ACL user (agent/store/acl.py).
+    flusher_env = env + (',APPLIANCE_REDIS__ACL_USER="flusher"' if settings.runs_stores else "")
+    worker_env = env + (',APPLIANCE_REDIS__ACL_USER="worker"' if settings.runs_stores else "")
     result.append(
         Program(
             "flusher",
@@ -97,7 +103,7 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
             priority=40,
             # TERM: the flusher writes what it has read, acknowledges it and exits.
             stopwaitsecs=60,
-            environment=env,
+            environment=flusher_env,
         )
     )
     alt_ports = (
@@ -116,7 +122,7 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
                 startsecs=5,
                 # worker-alt is the second worker a graceful restart starts before the running one drains.
                 autostart=name == "worker",
-                environment=env if name == "worker" else env + alt_ports,
+                environment=worker_env if name == "worker" else worker_env + alt_ports,
                 comments=(
                     "stopasgroup=false: TERM reaches the worker only, which drains its rooms;",
                     "killasgroup=true: the KILL after stopwaitsecs reaches its room processes too.",
@@ -161,12 +167,18 @@ def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | N
     ]
     if settings.runs_stores:
         redis_password = settings.redis.password.get_secret_value() if settings.redis.password else ""
+        acl_users = {
+            user: " ".join(acl.rules(redis_password, user, settings.store.key_prefix)) for user in get_args(AclUser)
+        }
         tuning = postgres_tuning(max_rooms=settings.worker.max_rooms, idle_processes=settings.worker.num_idle_processes)
         files += [
             ConfigFile(
                 layout.redis_conf,
                 env.get_template("redis.conf.j2").render(
-                    **context, redis_password=redis_password, log_lines=redis_log_lines(journal=journal)
+                    **context,
+                    redis_password=redis_password,
+                    acl_users=acl_users,
+                    log_lines=redis_log_lines(journal=journal),
                 ),
                 secret=True,
                 programs=frozenset({"redis"}),

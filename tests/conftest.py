@@ -104,8 +104,9 @@ def make_settings(
 ) -> AgentSettings:
     """Settings for one test: its own database, key prefix, spool directory and flusher consumer."""
     tag = uuid.uuid4().hex[:10]
+    redis_server.allow_prefix(f"t{tag}:")
     return AgentSettings(
-        redis=redis_server.settings(),
+        redis=redis_server.settings(acl_user="worker"),  # as a room's process connects; FlusherProcess as flusher
         postgres=pg.settings(dbname),
         store=StoreSettings(key_prefix=f"t{tag}:", spool_dir=workdir / "spool", **store),
         # Short intervals so recovery shows within a test's patience.

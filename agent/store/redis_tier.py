@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent.resources import lua
 from agent.settings import RedisSettings, StoreSettings
+from agent.store import acl
 from agent.store.keys import Keys, digest
 from agent.store.records import ConversationEvent, InvalidMessage, Message
 
@@ -22,13 +23,18 @@ COMPLETE = b"H:complete"
 
 def make_client(settings: RedisSettings) -> aioredis.Redis:
     """A client that fails fast: one retry on a refused or reset connection (a restarted Redis), none on timeout."""
+    secret = settings.password.get_secret_value() if settings.password else None
+    if settings.acl_user is not None and secret is not None:
+        secret = acl.password(secret, settings.acl_user)
     common: dict[str, Any] = {
         "db": settings.db,
-        "password": settings.password.get_secret_value() if settings.password else None,
+        "username": settings.acl_user,
+        "password": secret,
         "socket_timeout": settings.timeout_s,
         "socket_connect_timeout": settings.timeout_s,
         "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         "health_check_interval": 0,
+        "driver_info": None,  # no CLIENT SETINFO: Redis 7.0 lacks it, and it is a round trip per connection
     }
     if settings.unix_socket is not None:
         return aioredis.Redis(unix_socket_path=str(settings.unix_socket), **common)
@@ -90,6 +96,13 @@ class RedisTier:
         await self._settle(
             keys=[self.keys.room(event.room or "")], args=[event.conversation_id, event.status, self._ttl]
         )
+
+    async def drop_cached(self, conversation_ids: Iterable[str]) -> None:
+        """Drop lists that lack messages imported around Redis (a spool), so resume merges even while PostgreSQL,
+        which knows of the import, cannot be asked. DEL is allowed at maxmemory."""
+        keys = [self.keys.conversation(cid) for cid in conversation_ids]
+        if keys:
+            await self.client.delete(*keys)
 
     async def room_mapping(self, room: str) -> tuple[str, str] | None:
         return await self.room_mapping_of(self.client, self.keys, room)

@@ -109,6 +109,11 @@ class EntryPoint:
 class FlusherProcess(EntryPoint):
     module = "agent.flusher"
 
+    def __init__(self, settings: AgentSettings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        # The flusher's own ACL user where the test's room processes have the worker's, as the appliance runs.
+        user = {"APPLIANCE_REDIS__ACL_USER": "flusher"} if settings.redis.acl_user else {}
+        super().__init__(settings, workdir, user | (extra_env or {}))
+
     def start(self, *, ready: bool = True) -> FlusherProcess:
         """Start it and, with ``ready``, wait until it has published its first stats (signals handled)."""
         self.spawn()

@@ -14,11 +14,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import get_args
 
 import psycopg
 import redis
 
 from agent.settings import PostgresSettings, RedisSettings
+from agent.store import acl
+from agent.store.acl import AclUser
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, description: str, interval: float = 0.05) -> None:
@@ -63,13 +66,26 @@ class RedisServer:
         self.maxmemory = maxmemory
         self.proc: subprocess.Popen[bytes] | None = None
         self._client: redis.Redis | None = None
+        self._prefixes: set[str] = set()
 
     @property
     def socket_path(self) -> Path:
         return self.dir / "redis.sock"
 
-    def settings(self) -> RedisSettings:
-        return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5)
+    def settings(self, acl_user: AclUser | None = None) -> RedisSettings:
+        return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5, acl_user=acl_user)
+
+    def allow_prefix(self, prefix: str) -> None:
+        """Give the data plane's ACL users (the appliance's own rules) this key prefix too; kept across restarts."""
+        self._prefixes.add(prefix)
+        self._apply_acl()
+
+    def _apply_acl(self) -> None:
+        for prefix in sorted(self._prefixes):
+            for user in get_args(AclUser):
+                self.client().execute_command(  # type: ignore[no-untyped-call]
+                    "ACL", "SETUSER", user, *acl.rules(self.password, user, prefix)
+                )
 
     @property
     def log_path(self) -> Path:
@@ -111,6 +127,9 @@ class RedisServer:
             self.appendfsync,
             "--save",
             "",
+            # Uncompressed, so a test can tell what the AOF's RDB preamble holds (forget's text must be gone).
+            "--rdbcompression",
+            "no",
             "--requirepass",
             self.password,
             "--daemonize",
@@ -124,6 +143,7 @@ class RedisServer:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "volatile-lru"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         wait_until(lambda: self.client().ping(), 15, f"redis on {self.socket_path}")
+        self._apply_acl()  # users made with ACL SETUSER live in memory only
         return self
 
     def kill(self) -> None:

@@ -114,6 +114,13 @@ async def test_the_append_only_file_no_longer_holds_the_text(
     # Redis unlinks the files the rewrite replaced in a background thread, just after.
     wait_until(lambda: not holding(b"4111-1111-1111-1111"), 10, "no AOF file holding the forgotten text")
     assert holding(b"nothing secret here")  # the rest of the data set is still there
+    # The stream was rebuilt under the flusher's group: what it had not stored yet, it still stores.
+    flusher = FlusherProcess(settings, tmp_path).start()
+    try:
+        wait_until(lambda: backlog(redis_server.client(), settings) == 0, 30, "the stream drained")
+    finally:
+        assert flusher.terminate() == 0
+    assert len(stored_ids(settings, kept.id)) == 1
 
 
 async def test_a_running_flusher_does_not_write_it_back(
@@ -146,7 +153,8 @@ async def test_forget_waits_for_a_batch_the_flusher_holds_then_deletes_what_it_c
 ) -> None:
     conv = await store.open("doomed")
     sent = [await conv.append("user", "u", f"m{i}") for i in range(5)]
-    flusher = Flusher(settings, consumer="holding")
+    as_flusher = settings.redis.model_copy(update={"acl_user": "flusher"})
+    flusher = Flusher(settings.model_copy(update={"redis": as_flusher}), consumer="holding")
     await flusher.pool.open()
     try:
         await flusher.ensure_group()

@@ -51,7 +51,8 @@ class Supervised:
             }
         )
         self.config_file = workdir / "config" / "appliance.toml"
-        self.env = settings_env(self.settings, workdir / "config")
+        # The flusher connects as its own Redis user, as the appliance renders it.
+        self.env = settings_env(self.settings, workdir / "config") | {"APPLIANCE_REDIS__ACL_USER": "flusher"}
         self.layout = Layout.of(self.settings, self.config_file)
         self.conf = workdir / "supervisord.conf"
         self.conf.write_text(self._conf())

@@ -82,3 +82,23 @@ def test_postgres_memory_follows_the_box() -> None:
     assert small.shared_buffers_mb < large.shared_buffers_mb <= 8192
     assert large.max_parallel_workers == 16
     assert small.max_connections >= 2 * 2 * 52
+
+
+def test_the_worker_and_the_flusher_each_get_their_own_redis_user() -> None:
+    import hashlib
+
+    from agent.store import acl
+
+    files = rendered()
+    users = {line.split()[1]: line.split()[2:] for line in files["redis.conf"].splitlines() if line.startswith("user ")}
+    assert set(users) == {"worker", "flusher"}
+    for user, rules in users.items():
+        derived = acl.password("r-secret", user)  # type: ignore[arg-type]
+        assert f"#{hashlib.sha256(derived.encode()).hexdigest()}" in rules and derived not in files["redis.conf"]
+        assert "~appl:*" in rules and "-@all" in rules and not any(r in rules for r in ("+@all", "~*", "allkeys"))
+    conf = supervisord(files["supervisord.conf"])
+    for program, user in (("flusher", "flusher"), ("worker", "worker"), ("worker-alt", "worker")):
+        assert f'APPLIANCE_REDIS__ACL_USER="{user}"' in conf[f"program:{program}"]["environment"]
+    # A worker box on a shared Redis uses the credentials it was given: no users of ours there.
+    shared = supervisord(rendered(control={"role": "worker"}, livekit_server={"enabled": False})["supervisord.conf"])
+    assert "ACL_USER" not in shared["program:worker"]["environment"]

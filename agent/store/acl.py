@@ -1,0 +1,50 @@
+"""The Redis ACL users the appliance's own Redis gives the data plane's programs.
+
+Each may run exactly the commands it uses, on its own key prefix only, so a bug cannot FLUSHALL, reconfigure Redis
+or touch another appliance's keys. The threat is bugs, not hostile agent code: that runs as the same OS user and
+can read secrets.toml. One secret serves every user: each password is derived from redis.password (the
+operator's and the CLI's, Redis' default user).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Literal
+
+AclUser = Literal["worker", "flusher"]
+
+# Scripts run by SHA, loaded on a miss (a pipeline asks first).
+_COMMON = ("evalsha", "script|load", "script|exists")
+
+# Redis checks each call a script makes against its caller's ACL, so the scripts' commands are listed too.
+COMMANDS: dict[AclUser, tuple[str, ...]] = {
+    "worker": (
+        *_COMMON,
+        # append.lua, reseed.lua, lifecycle.lua: the conversation's list, the room's mapping, the stream
+        *("exists", "rpush", "lset", "lpop", "ltrim", "lpush", "lrange", "del", "expire", "hset", "xadd"),
+        # settle.lua and the room's mapping; resume's scan of the stream
+        *("hget", "hmget", "xrange"),
+        # redispatch: the room's dispatch lock (set, then claim.lua renews or releases it)
+        *("set", "get", "pexpire"),
+    ),
+    "flusher": (
+        *_COMMON,
+        # the consumer group (group.lua), its reads, acknowledgements and deletes, stale entries of dead flushers
+        *("xgroup|create", "xreadgroup", "xautoclaim", "xack", "xdel", "xlen", "xrange"),
+        # dead letters; stats.lua; settle.lua; lists dropped after a spool import
+        *("xadd", "del", "hset", "hget", "expire"),
+    ),
+}
+
+
+def password(master: str, user: AclUser) -> str:
+    """The user's password, derived from redis.password: nothing more to keep, rotate or leak."""
+    return hmac.new(master.encode(), f"appliance redis acl user {user}".encode(), hashlib.sha256).hexdigest()
+
+
+def rules(master: str, user: AclUser, key_prefix: str) -> list[str]:
+    """ACL SETUSER rules (also a redis.conf ``user`` line): the password only as its SHA-256."""
+    digest = hashlib.sha256(password(master, user).encode()).hexdigest()
+    commands = [f"+{command}" for command in COMMANDS[user]]
+    return ["on", f"#{digest}", f"~{key_prefix}*", "resetchannels", "-@all", *commands]
