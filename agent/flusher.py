@@ -111,6 +111,7 @@ class Flusher:
         """Flush until asked to stop, then drain and return."""
         await self.pool.open(wait=False)
         try:
+            await self._until_ready(self.ensure_group)  # before the claim loop, which needs the group too
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop(), name="flush")
                 tg.create_task(self._every(self.settings.claim_every_s, self.claim_stale), name="claim")
@@ -140,7 +141,6 @@ class Flusher:
                 pass
 
     async def _flush_loop(self) -> None:
-        await self._until_ready(self.ensure_group)
         while not self._stopping.is_set():
             await self._step(block=True)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S

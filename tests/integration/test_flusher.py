@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from agent.settings import AgentSettings
+from agent.store.keys import Keys
 from agent.store.store import ConversationStore
 from tests.harness.inspect import backlog, stored_ids
 from tests.harness.processes import FlusherProcess
@@ -109,6 +110,16 @@ async def test_stats_are_published_for_operators(
         assert 0 < client.ttl(store.redis.keys.flusher_stats) <= 10  # vanishes when the flusher dies
     finally:
         flusher.terminate()
+
+
+async def test_a_flusher_on_a_new_install_starts_without_an_error(
+    settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """No stream and no group yet (a first install): its claim loop once ran before the group existed (NOGROUP)."""
+    flusher = FlusherProcess(settings, tmp_path).start()
+    assert flusher.terminate() == 0  # its last figures are published as it exits, after every loop ran once
+    errors = redis_server.client().hget(Keys(settings.store.key_prefix).flusher_stats, "errors")
+    assert errors == b"0", (tmp_path / "flusher.log").read_text()
 
 
 async def test_flusher_recreates_a_lost_stream_and_group(
