@@ -33,6 +33,7 @@ TOOLS = (
     Tool("/lib/systemd/systemd-journald", "systemd", "the journal the programs log to"),
     Tool("systemd-cat", "systemd", "programs' output into the journal"),
     Tool("strace", "strace", "the check that no secret reaches a command line"),
+    Tool("/usr/sbin/dockerd", "docker.io", "the containers the appliance runs under a real systemd in"),
 )
 
 
