@@ -31,7 +31,7 @@ from appliance.render import WORKERS, ConfigFile, postgres_bindir, programs, ren
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
-from appliance.unit import render_unit, worker_stopwaitsecs
+from appliance.unit import UNIT_NAME, render_unit, worker_stopwaitsecs
 
 Report = Callable[[str, str], None]  # (outcome, what): "unchanged", "created", "changed", "started", ...
 
@@ -90,7 +90,7 @@ def install(options: InstallOptions, report: Report) -> Outcome:
                 changed.add("supervisord")
     if settings.runs_stores:
         _ensure_cluster(settings, layout, user, report)
-    _ensure_unit(settings, layout, report)
+    unit_changed = _ensure_unit(settings, layout, report)
     state = _read_state(layout)
     sections = _section_hashes(settings)
     code = _code_fingerprint()
@@ -103,7 +103,10 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     if settings.runs_stores:
         _ensure_database(settings, report)
     if not outcome.started and state:
-        outcome.restarted = _apply_changes(settings, layout, changed, report)
+        if unit_changed and service.systemd_runs():
+            outcome.restarted = _restart_unit(layout, report)
+        else:
+            outcome.restarted = _apply_changes(settings, layout, changed, report)
     _wait_healthy(settings, layout, report)
     _write_state(layout, {"sections": sections, "code": code}, user)
     return outcome
@@ -303,9 +306,8 @@ def _ensure_cluster(settings: ApplianceSettings, layout: Layout, user: pwd.struc
     report("created", f"PostgreSQL cluster {layout.pg_data}")
 
 
-def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) -> None:
-    """The unit file, and systemd told of a change (daemon-reload). A running service is not restarted for it,
-    which would stop every program and drop every room: the new unit applies in full at the service's next start."""
+def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) -> bool:
+    """The unit file, and systemd told of a change (daemon-reload); returns whether it changed."""
     others = [p.stopwaitsecs for p in programs(settings, layout, journal=False) if p.name != "worker"]
     text = render_unit(
         user=settings.control.user,
@@ -324,6 +326,22 @@ def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) ->
         if changed:
             service.systemctl("daemon-reload")
         service.systemctl("enable", layout.unit_file.name)
+    return changed
+
+
+def _restart_unit(layout: Layout, report: Report) -> list[str]:
+    """A changed unit applies only to processes it starts (its sandbox, its limits): restart the service. The stop
+    is the graceful one (the worker drains, open rooms are interrupted and resumed once it is back); it also
+    applies every other change, since every program starts anew."""
+    service.systemctl("restart", UNIT_NAME)
+    sup = Supervisor(layout.supervisor_socket)
+    deadline = time.monotonic() + 60
+    while not sup.answers():
+        if time.monotonic() > deadline:
+            raise ApplianceError("appliance.service did not come back within 60 s: see `appliance logs`")
+        time.sleep(0.2)
+    report("restarted", f"{UNIT_NAME} (its unit changed), every program")
+    return ["every program"]
 
 
 def _ensure_running(layout: Layout, settings: ApplianceSettings, report: Report) -> bool:
