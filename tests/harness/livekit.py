@@ -267,16 +267,20 @@ class PrivateNetwork:
 
     def _configure(self) -> None:
         ip = shutil.which("ip") or "/usr/sbin/ip"
-        for args in (
-            ["link", "set", "lo", "up"],
+        for args in (["link", "set", "lo", "up"], *self.client_interface()):
+            subprocess.run([ip, *args], check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+    @classmethod
+    def client_interface(cls) -> list[list[str]]:
+        """``ip`` commands for the veth pair whose one end carries only CLIENT_ADDRESS (no IPv6, no route)."""
+        return [
             ["link", "add", "lkclient0", "type", "veth", "peer", "name", "lkclient1"],
             ["link", "set", "lkclient0", "addrgenmode", "none"],
             ["link", "set", "lkclient1", "addrgenmode", "none"],
-            ["addr", "add", f"{self.CLIENT_ADDRESS}/32", "dev", "lkclient0"],
+            ["addr", "add", f"{cls.CLIENT_ADDRESS}/32", "dev", "lkclient0"],
             ["link", "set", "lkclient0", "up"],
             ["link", "set", "lkclient1", "up"],
-        ):
-            subprocess.run([ip, *args], check=True, stdin=subprocess.DEVNULL, capture_output=True)
+        ]
 
     def leave(self) -> None:
         """Back to the namespace we came from; the private one lives on while anything started inside it does."""
