@@ -70,6 +70,9 @@ def test_install_sh_enabled_and_started_the_unit(box: SystemdBox) -> None:
 
 Facts = dict[str, Any]
 
+PSEUDO_DEVICES = set(
+    "char fd full hugepages log mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero".split()
+)
 # Per sandboxing directive of the unit, what a process under it sees; each must hold under the unit's whole sandbox
 # and fail with that directive (all its lines) taken out.
 CHECKS: dict[str, Callable[[Facts], bool]] = {
@@ -90,9 +93,6 @@ CHECKS: dict[str, Callable[[Facts], bool]] = {
     "SystemCallErrorNumber": lambda f: f.get("ptrace") == "EPERM",  # without it the probe dies of SIGSYS
     "UMask": lambda f: f["umask"] == "0o27",
 }
-PSEUDO_DEVICES = set(
-    "char fd full hugepages log mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero".split()
-)
 # Directives no probe here can tell apart, and why (each is kept: they cost nothing and say what is meant).
 NOT_PROBED = {
     "NoNewPrivileges": "implied for a non-root User by SystemCallFilter, RestrictAddressFamilies and others",
