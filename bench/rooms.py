@@ -384,7 +384,7 @@ def raise_open_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def bench(counts: list[int], keys: list[str], plan: Plan) -> Report:
+def bench(counts: list[int], keys: list[str], plan: Plan, *, keep_logs: bool = False) -> Report:
     """Start everything, run, stop everything; the report says what was left running (nothing, or it failed)."""
     tag = uuid.uuid4().hex[:8]
     report = Report(describe(plan, counts), [])
@@ -392,7 +392,10 @@ def bench(counts: list[int], keys: list[str], plan: Plan) -> Report:
     try:
         with contextlib.ExitStack() as stack:
             workdir = Path(tempfile.mkdtemp(prefix="bench-rooms-"))
-            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+            if keep_logs:
+                progress(f"logs kept in {workdir}")
+            else:
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
             enter_private_network(stack)
             progress("starting livekit-server, Redis and PostgreSQL in a private network namespace")
             stack_ref.append(start_stack(stack, workdir, tag))
@@ -424,6 +427,7 @@ def main() -> None:
         "--configs", default=",".join(KEYS), help=f"configurations to run, comma-separated (default {','.join(KEYS)})"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the servers' and workers' logs (says where)")
     args = parser.parse_args()
     try:
         require_root()
@@ -441,7 +445,7 @@ def main() -> None:
         become_subreaper()
         raise_open_files()
         logging.getLogger("livekit").addFilter(DataTrackNoise())
-        report = bench(counts, keys, plan)
+        report = bench(counts, keys, plan, keep_logs=args.keep_logs)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

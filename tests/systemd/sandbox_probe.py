@@ -35,11 +35,11 @@ def status() -> dict[str, str]:
         return {k: v.strip() for k, _, v in (line.partition(":") for line in f)}
 
 
-def mount_options(point: str) -> str:
-    """The mount's own options (not the filesystem's): "ro" there means read-only for this process."""
+def mount_options(point: str, *, superblock: bool = False) -> str:
+    """The topmost mount's own options ("ro": read-only for this process), or its filesystem's (hidepid=)."""
     with open("/proc/self/mountinfo") as f:
         found = [line.split() for line in f if line.split()[4] == point]
-    return found[-1][5] if found else ""
+    return (found[-1][-1] if superblock else found[-1][5]) if found else ""
 
 
 def ptrace_traceme() -> int:
@@ -73,8 +73,7 @@ def main() -> None:
         "ipc_ns": os.readlink("/proc/self/ns/ipc"),
         "uts_ns": os.readlink("/proc/self/ns/uts"),
         "proc_sys": mount_options("/proc/sys"),
-        "cgroup_fs": mount_options("/sys/fs/cgroup/memory"),  # a controller's hierarchy (cgroup v1)
-        "proc": mount_options("/proc"),
+        "proc": mount_options("/proc", superblock=True),
         "modules": attempt(lambda: os.listdir("/usr/lib/modules") and "listed"),
         "kmsg": attempt(lambda: open("/dev/kmsg").close()),
         "personality": attempt(lambda: run("setarch", "linux32", "true")),
