@@ -137,6 +137,9 @@ rtc:
   stun_servers: [{self.stun_server}]
   # No multicast DNS (the default, stated): .local candidates would mean packets to 224.0.0.251.
   use_mdns: false
+# As the bundled config/livekit.yaml.j2: jobs for workers up to a load of 1.0 (rooms / max_rooms), not 0.7.
+agents:
+  target_load: 1.0
 keys:
   {self.api_key}: {self.api_secret}
 logging:

@@ -102,3 +102,8 @@ def test_the_worker_and_the_flusher_each_get_their_own_redis_user() -> None:
     # A worker box on a shared Redis uses the credentials it was given: no users of ours there.
     shared = supervisord(rendered(control={"role": "worker"}, livekit_server={"enabled": False})["supervisord.conf"])
     assert "ACL_USER" not in shared["program:worker"]["environment"]
+
+
+def test_livekit_offers_jobs_up_to_the_workers_max_rooms() -> None:
+    """livekit-server's default target_load (0.7) starved a worker past 70 % of max_rooms (bench/rooms.py, 50 rooms)."""
+    assert "\nagents:\n  target_load: 1.0\n" in rendered()["livekit.yaml"]
