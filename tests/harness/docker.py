@@ -27,6 +27,9 @@ SOCKET = Path("/run/appliance-tests-docker.sock")
 DATA_ROOT = Path("/var/lib/appliance-tests-docker")
 EXEC_ROOT = Path("/run/appliance-tests-docker")
 LOG = Path("/var/log/appliance-tests-dockerd.log")
+# dockerd outlives the session, so its Popen is never waited for: held here, it is not collected mid-test with a
+# "subprocess is still running" ResourceWarning (which pytest turns into a failure of whichever test is running).
+_daemons: list[subprocess.Popen[bytes]] = []
 
 
 class DockerError(RuntimeError):
@@ -69,13 +72,15 @@ class Docker:
             "--ip6tables=false",
         ]  # fmt: skip
         with LOG.open("ab") as log:
-            subprocess.Popen(
-                self.host.wrap(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=self.host.pass_fds,
-                start_new_session=True,
+            _daemons.append(
+                subprocess.Popen(
+                    self.host.wrap(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=self.host.pass_fds,
+                    start_new_session=True,
+                )
             )
         deadline = time.monotonic() + timeout
         while not self.running():
