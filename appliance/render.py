@@ -89,7 +89,10 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
                 "livekit",
                 f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
                 priority=30,
-                stopwaitsecs=30,
+                # On TERM livekit-server refuses new sessions, then waits for every participant to leave, without
+                # limit (its second signal forces; supervisord sends one). It stops after the worker has drained,
+                # so the people left are in rooms without an agent: waiting for them serves nothing. KILL after 5 s.
+                stopwaitsecs=5,
                 environment=env,
             )
         )

@@ -43,6 +43,8 @@ class LiveKitServerSettings(Section):
     domain: str = ""
     # Everything on 127.0.0.1, ICE on loopback, no STUN: for tests and trials on one box.
     loopback_only: bool = False
+    # livekit-server's own log level; "debug" logs every ICE candidate signalled (what a connection problem needs).
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     @field_validator("node_ip")
     @classmethod

@@ -310,5 +310,9 @@ CANDIDATE = re.compile(r"candidate:\S+ \d+ (?P<proto>udp|tcp) \d+ (?P<address>\S
 
 def logged_candidates(server: LiveKitServer) -> set[tuple[str, str, str]]:
     """(address, protocol, type) of every candidate in the server's signalling, both directions."""
-    text = server.log_path.read_text(errors="replace")
-    return {(m["address"], m["proto"], m["type"]) for m in CANDIDATE.finditer(text)}
+    return candidates_in(server.log_path.read_text(errors="replace"))
+
+
+def candidates_in(log: str) -> set[tuple[str, str, str]]:
+    """(address, protocol, type) of every candidate in a debug-level livekit-server log."""
+    return {(m["address"], m["proto"], m["type"]) for m in CANDIDATE.finditer(log)}

@@ -43,6 +43,8 @@ drain_timeout_s = 10
 
 [livekit_server]
 loopback_only = true
+# Every ICE candidate signalled is logged, and the tests read them.
+log_level = "debug"
 """
 
 DOCKERFILE = """\

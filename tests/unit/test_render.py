@@ -74,6 +74,8 @@ def test_bundled_livekit_faces_clients_unless_loopback_only() -> None:
     private = rendered(livekit_server={"loopback_only": True})["livekit.yaml"]
     assert "bind_addresses: [127.0.0.1]" in private and "tcp_port: 0" in private
     assert "stun_servers: [127.0.0.1:" in private
+    assert "level: info" in public
+    assert "level: debug" in rendered(livekit_server={"log_level": "debug"})["livekit.yaml"]
 
 
 def test_postgres_memory_follows_the_box() -> None:
