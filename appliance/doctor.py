@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from appliance import programs
 from appliance import status as status_mod
+from appliance.programs import WORKERS, status_port
 
 if TYPE_CHECKING:
     from appliance.layout import Layout
@@ -193,24 +195,6 @@ def check_binaries(settings: ApplianceSettings, layout: Layout) -> Iterator[Chec
             yield passed("livekit-server", f"{binary_path} {_dotted(lk_version)}")
 
 
-def our_ports(settings: ApplianceSettings) -> list[tuple[str, int, str]]:
-    """(setting, port, tcp|udp) of every port the appliance listens on."""
-    ports = [
-        ("worker.health_port", settings.worker.health_port, "tcp"),
-        ("worker.status_port", settings.worker.status_port, "tcp"),
-        ("control.alt_health_port", settings.control.alt_health_port, "tcp"),
-        ("control.alt_status_port", settings.control.alt_status_port, "tcp"),
-    ]
-    if settings.runs_stores:
-        ports += [("redis.port", settings.redis.port, "tcp"), ("postgres.port", settings.postgres.port, "tcp")]
-    if settings.bundles_livekit:
-        lk = settings.livekit_server
-        ports += [("livekit_server.port", lk.port, "tcp"), ("livekit_server.rtc_udp_port", lk.rtc_udp_port, "udp")]
-        if lk.rtc_tcp_port:
-            ports.append(("livekit_server.rtc_tcp_port", lk.rtc_tcp_port, "tcp"))
-    return [port for port in ports if port[1]]
-
-
 def holders(port: int, kind: str) -> list[int | None]:
     """The pids listening on ``port`` (None for a process we may not see), from the kernel's socket tables."""
     found: list[int | None] = []
@@ -241,7 +225,7 @@ def is_ours(pid: int, root: int | None) -> bool:
 def check_ports(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]:
     root = supervisord_pid(layout)
     busy: list[Check] = []
-    for setting, port, kind in our_ports(settings):
+    for setting, port, kind in programs.ports(settings):
         pids = holders(port, kind)
         strangers = [pid for pid in pids if pid is None or not is_ours(pid, root)]
         if not strangers:
@@ -258,7 +242,7 @@ def check_ports(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]:
     if busy:
         yield from busy
         return
-    ports = ", ".join(str(port) for _, port, _ in our_ports(settings))
+    ports = ", ".join(str(port) for _, port, _ in programs.ports(settings))
     yield passed("ports", f"{ports}: free or ours")
 
 
@@ -383,8 +367,8 @@ def check_livekit(settings: ApplianceSettings, layout: Layout) -> Iterator[Check
 def check_workers(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]:
     """At least one worker answers on its status port and is registered with LiveKit."""
     answers = []
-    for name in status_mod.WORKERS:
-        port = status_mod.worker_status_port(settings, name)
+    for name in WORKERS:
+        port = status_port(settings, name)
         try:
             answers.append(status_mod.worker_report(name, port, status_mod.probe_worker(settings, port)))
         except (OSError, ValueError):

@@ -24,10 +24,12 @@ from typing import Any
 import tomlkit
 
 from agent.settings import load_settings
+from appliance import programs as registry
 from appliance import service
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
-from appliance.render import WORKERS, ConfigFile, postgres_bindir, programs, render_all
+from appliance.programs import WORKERS
+from appliance.render import ConfigFile, postgres_bindir, programs, render_all
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
@@ -35,16 +37,6 @@ from appliance.unit import UNIT_NAME, render_unit, worker_stopwaitsecs
 
 Report = Callable[[str, str], None]  # (outcome, what): "unchanged", "created", "changed", "started", ...
 
-# Which programs read which settings section (besides the rendered files, tracked on their own).
-SECTION_PROGRAMS: dict[str, frozenset[str]] = {
-    "redis": frozenset({"flusher", "worker"}),
-    "postgres": frozenset({"flusher", "worker"}),
-    "store": frozenset({"flusher", "worker"}),
-    "flusher": frozenset({"flusher"}),
-    "worker": frozenset({"worker"}),
-    "models": frozenset({"worker"}),
-    "livekit": frozenset({"worker"}),
-}
 STATE_NAME = "installed.json"
 
 
@@ -96,9 +88,9 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     code = _code_fingerprint()
     for section, digest in sections.items():
         if state.get("sections", {}).get(section) != digest:
-            changed |= SECTION_PROGRAMS.get(section, frozenset())
+            changed |= registry.readers(section)
     if state.get("code") != code:
-        changed |= {"flusher", "worker"}
+        changed |= registry.ours()
     outcome.started = _ensure_running(layout, settings, report)
     if settings.runs_stores:
         _ensure_database(settings, report)
@@ -393,13 +385,12 @@ def _apply_changes(settings: ApplianceSettings, layout: Layout, changed: set[str
             changed -= set(changed_groups) | set(added)
             restarted += changed_groups
     known = {p.name for p in sup.processes()}
-    order = ["redis", "postgres", "livekit", "flusher"]
-    for name in order:
-        if name in changed and name in known:
-            sup.stop(name, timeout_s=120)
-            sup.start(name)
-            report("restarted", name)
-            restarted.append(name)
+    # In start order; the worker last, gracefully.
+    for name in (s for s in registry.SERVICES if s in changed and s in known and s != "worker"):
+        sup.stop(name, timeout_s=120)
+        sup.start(name)
+        report("restarted", name)
+        restarted.append(name)
     if "worker" in changed and not set(WORKERS) & set(restarted):
         now_running = service.restart_worker(settings, layout, now=False, progress=lambda _: None)
         report("restarted", f"worker, gracefully (now {now_running})")

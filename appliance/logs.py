@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Literal
 
 from agent.logs import JOURNAL_STDOUT_SOCKET
+from appliance import programs as registry
 from appliance.errors import ApplianceError
 
-# What `appliance logs` accepts; the journal identifier of each is appliance-<name>.
-PROGRAMS = ("supervisord", "redis", "postgres", "livekit", "flusher", "worker")
-# supervisord programs whose lines count as another's: the second worker of a graceful restart is a worker.
-ALIASES = {"worker-alt": "worker"}
 # Rotation by supervisord: at most (1 + backups) x maxbytes per program on disk.
 FILE_MAXBYTES = "20MB"
 FILE_BACKUPS = 5
@@ -38,14 +35,12 @@ FILE_BACKUPS = 5
 PRE_JOURNAL_MAXBYTES = "1MB"
 # A line without a "<N>" prefix: stdout is informational, stderr (a crash's traceback, a config error) is an error.
 UNPREFIXED_STDOUT = "info"
-UNPREFIXED_STDERR = "err"
-# PostgreSQL's stderr holds what it says before it switches to syslog: a config error, but also, at every start,
-# "LOG: ending log output to stderr" and its HINT, which as errors would be a false alarm.
-UNPREFIXED_STDERR_OF = {"postgres": "notice"}
+# That of stderr is each program's own (appliance/programs.py).
 
 
 def identifier(program: str) -> str:
-    return f"appliance-{ALIASES.get(program, program)}"
+    """The journal identifier of a supervisord program or a service: appliance-<service>."""
+    return f"appliance-{registry.service_of(program)}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ def program_output(program: str, *, journal: bool, log_dir: Path, python: str | 
         shutil.which("systemd-cat") or "/usr/bin/systemd-cat",
         f"--identifier={identifier(program)}",
         f"--priority={UNPREFIXED_STDOUT}",
-        f"--stderr-priority={UNPREFIXED_STDERR_OF.get(program, UNPREFIXED_STDERR)}",
+        f"--stderr-priority={registry.BY_NAME[program].stderr_level}",
         "--level-prefix=true",
     )
     if program == "livekit":
@@ -139,11 +134,12 @@ def use_journal(choice: bool | Literal["auto"]) -> bool:
 
 
 def check_program(program: str | None) -> str | None:
-    if program is None or program in PROGRAMS:
+    """What `appliance logs` accepts: supervisord or a service (a supervisord program name: its service)."""
+    if program is None or program in registry.LOGGED:
         return program
-    if program in ALIASES:
-        return ALIASES[program]
-    raise ApplianceError(f"unknown program {program!r}: choose one of {', '.join(PROGRAMS)}")
+    if program in registry.BY_NAME:
+        return registry.service_of(program)
+    raise ApplianceError(f"unknown program {program!r}: choose one of {', '.join(registry.LOGGED)}")
 
 
 # --- reading: `appliance logs` ---------------------------------------------------------------------------------
@@ -277,7 +273,7 @@ def read_files(
     several programs' files are read (all, or worker and worker-alt), each line starts with its program's name."""
     logs = series(log_dir, program)
     result = FileLog([])
-    result.missing = [n for n in _names(program) if not any(ALIASES.get(label, label) == n for label in logs)]
+    result.missing = [n for n in _names(program) if not any(registry.service_of(label) == n for label in logs)]
     streams: list[list[Record]] = []
     for label, files in logs.items():
         text = _tail(files, lines) if since is None and lines is not None else _all_lines(files, since)
@@ -296,12 +292,16 @@ def read_files(
 
 
 def _names(program: str | None) -> list[str]:
-    return [program] if program else list(PROGRAMS)
+    return [program] if program else list(registry.LOGGED)
 
 
 def _labels(program: str | None) -> list[str]:
     """The supervisord programs whose files hold ``program``'s lines (worker: worker and worker-alt)."""
-    return [label for name in _names(program) for label in (name, *(a for a, t in ALIASES.items() if t == name))]
+    return [
+        label
+        for name in _names(program)
+        for label in ([p.name for p in registry.PROGRAMS if p.service == name] or [name])
+    ]
 
 
 def _records(label: str, text: Iterable[str]) -> Iterator[Record]:

@@ -12,14 +12,13 @@ import jinja2
 
 from agent.store import acl
 from agent.store.acl import AclUser
+from appliance import programs as registry
 from appliance.layout import Layout
 from appliance.logs import postgres_log_lines, program_output, redis_log_lines, use_journal
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 from appliance.tuning import postgres_tuning
 from appliance.unit import worker_stopwaitsecs
-
-WORKERS = ("worker", "worker-alt")
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,9 @@ class ConfigFile:
 
 
 @dataclass(frozen=True)
-class Program:
+class ProgramSection:
+    """A [program:x] section of supervisord.conf."""
+
     name: str
     command: str
     priority: int
@@ -58,85 +59,58 @@ def redis_server() -> str:
     return shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> list[Program]:
-    env = f'APPLIANCE_CONFIG="{layout.config_file}",HOME="{layout.data_dir}"'
+def _command(name: str, settings: ApplianceSettings, layout: Layout) -> str:
     python = layout.bin("python")
-    result: list[Program] = []
-    if settings.runs_stores:
-        result += [
-            Program(
-                "redis",
-                f"{redis_server()} {layout.redis_conf}",
-                priority=10,
-                # TERM is Redis's clean shutdown: the AOF is flushed and fsynced before it exits.
-                stopwaitsecs=60,
-                environment=env,
-            ),
-            Program(
-                "postgres",
-                f"{postgres_bindir() / 'postgres'} -c config_file={layout.postgres_conf}",
-                priority=20,
-                # INT is PostgreSQL's "fast" shutdown: open transactions roll back, a checkpoint is written.
-                # TERM ("smart") would wait for every client to leave, which a stopping worker may not yet have.
-                stopsignal="INT",
-                stopwaitsecs=120,
-                environment=env,
-            ),
-        ]
-    if settings.bundles_livekit:
-        result.append(
-            Program(
-                "livekit",
-                f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
-                priority=30,
-                # On TERM livekit-server refuses new sessions, then waits for every participant to leave, without
-                # limit (its second signal forces; supervisord sends one). It stops after the worker has drained,
-                # so the people left are in rooms without an agent: waiting for them serves nothing. KILL after 5 s.
-                stopwaitsecs=5,
-                environment=env,
-            )
+    commands = {
+        "redis": lambda: f"{redis_server()} {layout.redis_conf}",
+        "postgres": lambda: f"{postgres_bindir() / 'postgres'} -c config_file={layout.postgres_conf}",
+        "livekit": lambda: f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
+        "flusher": lambda: f"{python} -m agent.flusher",
+        "worker": lambda: f"{python} -m agent.worker",
+        "worker-alt": lambda: f"{python} -m agent.worker",
+    }
+    return commands[name]()
+
+
+def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> list[ProgramSection]:
+    """The [program:x] sections of this box's programs (appliance/programs.py), in start order."""
+    base_env = f'APPLIANCE_CONFIG="{layout.config_file}",HOME="{layout.data_dir}"'
+    result = []
+    for program in registry.on_this_box(settings):
+        env = base_env
+        # On the appliance's own Redis each data-plane program connects as its own ACL user (agent/store/acl.py).
+        if program.redis_user and settings.runs_stores:
+            env += f',APPLIANCE_REDIS__ACL_USER="{program.redis_user}"'
+        # A worker whose ports are not [worker]'s own (the second worker) is told its own.
+        for port in program.ports:
+            if program.worker and port.setting != f"worker.{port.purpose}_port":
+                env += f',APPLIANCE_WORKER__{port.purpose.upper()}_PORT="{port.number(settings)}"'
+        section = ProgramSection(
+            program.name,
+            _command(program.name, settings, layout),
+            priority=program.priority,
+            stopsignal=program.stopsignal,
+            stopwaitsecs=program.stopwaitsecs or worker_stopwaitsecs(settings.worker.drain_timeout_s),
+            startsecs=program.startsecs,
+            autostart=program.autostart,
+            environment=env,
         )
-    # On the appliance's own Redis each data-plane program connects as its own ACL user (agent/store/acl.py).
-    flusher_env = env + (',APPLIANCE_REDIS__ACL_USER="flusher"' if settings.runs_stores else "")
-    worker_env = env + (',APPLIANCE_REDIS__ACL_USER="worker"' if settings.runs_stores else "")
-    result.append(
-        Program(
-            "flusher",
-            f"{python} -m agent.flusher",
-            priority=40,
-            # TERM: the flusher writes what it has read, acknowledges it and exits.
-            stopwaitsecs=60,
-            environment=flusher_env,
-        )
-    )
-    alt_ports = (
-        f',APPLIANCE_WORKER__HEALTH_PORT="{settings.control.alt_health_port}"'
-        f',APPLIANCE_WORKER__STATUS_PORT="{settings.control.alt_status_port}"'
-    )
-    for name in WORKERS:
-        result.append(
-            Program(
-                name,
-                f"{python} -m agent.worker",
-                priority=50,
-                # TERM to the worker alone (stopasgroup=false): it drains; room processes under forkserver do
-                # not ignore TERM, so a TERM to the whole group would cut every live room at once.
-                stopwaitsecs=worker_stopwaitsecs(settings.worker.drain_timeout_s),
-                startsecs=5,
-                # worker-alt is the second worker a graceful restart starts before the running one drains.
-                autostart=name == "worker",
-                environment=worker_env if name == "worker" else worker_env + alt_ports,
+        if program.worker:
+            # TERM to the worker alone: room processes under forkserver do not ignore TERM, so a TERM to the
+            # whole group would cut every live room at once.
+            section = replace(
+                section,
                 comments=(
                     "stopasgroup=false: TERM reaches the worker only, which drains its rooms;",
                     "killasgroup=true: the KILL after stopwaitsecs reaches its room processes too.",
                 ),
                 directives={"stopasgroup": "false", "killasgroup": "true"},
             )
-        )
-    return [_with_output(program, layout, journal=journal) for program in result]
+        result.append(_with_output(section, layout, journal=journal))
+    return result
 
 
-def _with_output(program: Program, layout: Layout, *, journal: bool) -> Program:
+def _with_output(program: ProgramSection, layout: Layout, *, journal: bool) -> ProgramSection:
     """Each program's lines go to the journal under its own identifier and level, or to a rotated file."""
     output = program_output(program.name, journal=journal, log_dir=layout.log_dir, python=layout.bin("python"))
     extra = "".join(f',{key}="{value}"' for key, value in output.environment.items())

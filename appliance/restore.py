@@ -50,13 +50,12 @@ from appliance.backup import (
     run_pg_tool,
 )
 from appliance.errors import ApplianceError
+from appliance.programs import WRITERS
 from appliance.stores import on_redis, postgres_connection, redis_client
 
 if TYPE_CHECKING:
     from appliance.supervisor import Supervisor
 
-# Stopped in this order (the workers' last writes reach the stream, then the flusher drains it), started reversed.
-WRITERS = ("worker", "worker-alt", "flusher")
 # Secrets that belong to this install's own servers, not to the data: kept when the backup's config comes back.
 SERVER_SECRETS = (("redis", "password"), ("postgres", "password"))
 

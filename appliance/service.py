@@ -13,7 +13,7 @@ from typing import Any
 from agent.status_client import fetch_status
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
-from appliance.render import WORKERS
+from appliance.programs import SERVICES, WORKERS, status_port
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
 from appliance.unit import UNIT_NAME, worker_stopwaitsecs
@@ -103,8 +103,6 @@ def stop(settings: ApplianceSettings, layout: Layout) -> bool:
     return True
 
 
-# supervisord's start order; restarts follow it.
-START_ORDER = ("redis", "postgres", "livekit", "flusher", "worker")
 # What `appliance restart` restarts when no program is named: those whose restart costs no participant anything.
 # Restarting livekit drops every participant's connection, and Redis or PostgreSQL sends the rooms' writes to the
 # next tier while it is down: an operator names them to get that.
@@ -120,7 +118,7 @@ def restart(
     Returns the programs restarted.
     """
     sup = Supervisor(layout.supervisor_socket)
-    known = [name for name in START_ORDER if name in {p.name for p in sup.processes()}]
+    known = [name for name in SERVICES if name in {p.name for p in sup.processes()}]  # in start order
     wanted = list(names) or [name for name in known if name in DEFAULT_RESTART]
     unknown = [name for name in wanted if name not in known]
     if unknown:
@@ -167,10 +165,6 @@ def restart_worker(settings: ApplianceSettings, layout: Layout, *, now: bool, pr
     if not sup.stop(old, timeout_s=worker_stopwaitsecs(settings.worker.drain_timeout_s) + 10):
         raise ApplianceError(f"{old} did not stop in time")
     return new
-
-
-def status_port(settings: ApplianceSettings, worker: str) -> int:
-    return settings.worker.status_port if worker == WORKERS[0] else settings.control.alt_status_port
 
 
 def worker_status(settings: ApplianceSettings, worker: str, timeout_s: float = 2) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, SecretStr
 
 from agent.status_client import fetch_status
 from appliance import events as events_mod
+from appliance.programs import WORKERS, status_port
 from appliance.supervisor import ProcessInfo, Supervisor, SupervisorDown
 
 if TYPE_CHECKING:
@@ -45,15 +46,6 @@ DEADLINE_S = 4.0  # a probe still running then is reported as not answering
 REDIS_NEAR_CAP = 0.9
 FLUSHER_LAG_HIGH_MS = 30_000.0
 PG_CONNECTIONS_HIGH = 0.9
-# The two worker programs: exactly one normally runs; a graceful restart runs both for a while.
-WORKERS: tuple[str, ...] = ("worker", "worker-alt")
-
-
-def worker_status_port(settings: ApplianceSettings, program: str) -> int:
-    """The loopback port of a worker program's status endpoint (worker-alt gets its own through its environment)."""
-    from appliance.service import status_port
-
-    return status_port(settings, program)
 
 
 class Supervisord(BaseModel):
@@ -247,7 +239,7 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         "postgres": lambda: probe_postgres(settings),
     }
     for name in WORKERS:
-        probes[name] = functools.partial(probe_worker, settings, worker_status_port(settings, name))
+        probes[name] = functools.partial(probe_worker, settings, status_port(settings, name))
     results = _parallel(probes, DEADLINE_S)
 
     supervisor_down = False
@@ -271,7 +263,7 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         # With supervisord up, a worker is probed when it runs; without it, whatever answers is shown.
         result = results[name]
         if name in running or (not supervisord.ok and not isinstance(result, BaseException)):
-            workers.append(worker_report(name, worker_status_port(settings, name), result))
+            workers.append(worker_report(name, status_port(settings, name), result))
 
     redis_result, pg_result = results["redis"], results["postgres"]
     if isinstance(redis_result, BaseException):
