@@ -31,7 +31,7 @@ from agent import faults
 from agent.logs import brief, setup_logging
 from agent.resources import lua
 from agent.settings import AgentSettings, load_or_exit
-from agent.store import pg_tier
+from agent.store import pg_tier, wal
 from agent.store.keys import GROUP, Keys
 from agent.store.records import ConversationEvent, InvalidMessage, Message
 from agent.store.redis_tier import RedisTier, make_client
@@ -357,15 +357,9 @@ def _entries(reply: Any) -> list[Entry]:
             if not fields:  # deleted after delivery: only the acknowledgement is left to do
                 out.append(Entry(entry_id, b"", None, "deleted"))
                 continue
-            raw = fields.get(b"v", b"")
+            raw = fields.get(wal.VALUE) or repr(fields).encode()
             try:
-                kind = fields.get(b"k")
-                if kind == b"m":
-                    out.append(Entry(entry_id, raw, Message.decode(raw)))
-                elif kind == b"c":
-                    out.append(Entry(entry_id, raw, ConversationEvent.decode(raw)))
-                else:
-                    out.append(Entry(entry_id, raw or repr(fields).encode(), None, f"unknown entry kind {kind!r}"))
+                out.append(Entry(entry_id, raw, wal.decode(fields)))
             except InvalidMessage as exc:
                 out.append(Entry(entry_id, raw, None, str(exc)))
     return out

@@ -37,6 +37,7 @@ from agent.settings import AgentSettings, PostgresSettings, config_path, secrets
 from agent.store.keys import Keys
 from agent.store.spool import SUFFIX
 from appliance.errors import ApplianceError
+from appliance.masking import mask
 from appliance.stores import on_redis, postgres_connection, redis_client
 
 FORMAT = "livekit-appliance-backup"
@@ -293,8 +294,7 @@ def run_pg_tool(pg: PostgresSettings, tool: str, args: list[str], *, server_majo
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit status {done.returncode}"]
         reason = lines[-1].removeprefix(f"{tool}: ").strip()
-        if password:
-            reason = reason.replace(password, "**********")
+        reason = mask(reason, [password])
         raise ApplianceError(f"{tool} failed: {reason}")
 
 

@@ -23,6 +23,7 @@ import psutil
 
 from appliance import programs
 from appliance import status as status_mod
+from appliance.masking import mask, secret_values
 from appliance.programs import WORKERS, status_port
 
 if TYPE_CHECKING:
@@ -394,13 +395,5 @@ def doctor(config_file: Path, load: Callable[[], ApplianceSettings]) -> list[Che
     if settings is None:
         return checks
     checks += run_checks(settings, Layout.of(settings, config_file))
-    return _scrubbed(checks, status_mod.secret_values(settings))
-
-
-def _scrubbed(checks: list[Check], secrets: list[str]) -> list[Check]:
-    def clean(text: str) -> str:
-        for secret in secrets:
-            text = text.replace(secret, "**********")
-        return text
-
-    return [Check(c.name, c.ok, clean(c.detail), clean(c.fix)) for c in checks]
+    secrets = secret_values(settings)
+    return [Check(c.name, c.ok, mask(c.detail, secrets), mask(c.fix, secrets)) for c in checks]

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 from pydantic import BaseModel, Field, ValidationError
+
+from appliance.files import write_atomic
 
 # Crash-loop detection: a program that exited unexpectedly, backed off or went FATAL this often in this window is
 # crash-looping. One kill or one crash is a restart, not a loop; three in ten minutes is something to look at.
@@ -91,15 +92,7 @@ def load(path: Path) -> Events | None:
 
 def save(events: Events, path: Path) -> None:
     """Write to a temporary file beside ``path`` and rename it: a reader sees the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(events.model_dump_json())
-        os.chmod(tmp, 0o640)  # status runs as root or the service user's group
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, events.model_dump_json(), mode=0o640)  # status runs as root or the service user's group
 
 
 def start(path: Path, supervisord_pid: int, now: float) -> Events:

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import redis
 from redis.client import Pipeline
 from redis.exceptions import ResponseError
 
 from agent.resources import lua
 from agent.settings import AgentSettings
-from agent.store.keys import GROUP, Keys, digest
+from agent.store import wal
+from agent.store.keys import GROUP, Keys
 from agent.store.records import check_id
 from agent.store.spool import Spool, fsync_dir
 from appliance.errors import ApplianceError
+from appliance.files import write_atomic
 from appliance.stores import on_redis, postgres_connection, redis_client
 
 CHUNK = 1000
@@ -109,13 +110,12 @@ def forget(settings: AgentSettings, conversation_id: str, *, flusher_wait_s: flo
 
 def _drop_stream_entries(client: redis.Redis, keys: Keys, out: Forgotten) -> set[str]:
     """XDEL the conversation's entries still in the write-ahead stream; returns their ids."""
-    wanted = digest(out.conversation_id).encode()
+    wanted = wal.conversation_digest(out.conversation_id)
     ids: list[str] = []
     for entry_id, fields in _scan(client, keys.stream):
-        kind = fields.get(b"k")
-        if kind == b"m" and fields.get(b"h") == wanted:
+        if wal.is_message_of(fields, wanted):
             ids.append(entry_id)
-        elif kind == b"c" and _belongs(_conversation_of(fields.get(b"v", b"")), out):
+        elif wal.is_event(fields) and _belongs(wal.conversation_of(fields.get(wal.VALUE, b"")), out):
             ids.append(entry_id)
     for start in range(0, len(ids), CHUNK):
         out.stream_entries += int(client.xdel(keys.stream, *ids[start : start + CHUNK]))
@@ -205,7 +205,7 @@ def _drop_spooled(spool: Spool, out: Forgotten) -> None:
             kept: list[bytes] = []
             dropped = 0
             for line in _read_all(fd).splitlines(keepends=True):
-                if _belongs(_spooled_conversation(line), out):
+                if _belongs(wal.conversation_of(line), out):
                     dropped += 1
                 else:
                     kept.append(line)
@@ -277,29 +277,6 @@ def _scan(client: redis.Redis, stream: str) -> Iterator[tuple[str, dict[bytes, b
         start = "(" + _text(entries[-1][0])
 
 
-def _conversation_of(raw: bytes) -> tuple[str | None, str | None]:
-    """(conversation id, room) of an encoded message or event; Nones when it is not one."""
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(value, dict) or not isinstance(value.get("c"), str):
-        return None, None
-    room = value.get("room")
-    return value["c"], room if isinstance(room, str) else None
-
-
-def _spooled_conversation(line: bytes) -> tuple[str | None, str | None]:
-    """The same for a spool line: {"k": "m"|"c", "v": record}."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(record, dict) or record.get("k") not in ("m", "c") or not isinstance(record.get("v"), dict):
-        return None, None
-    return _conversation_of(orjson.dumps(record["v"]))
-
-
 def _belongs(found: tuple[str | None, str | None], out: Forgotten) -> bool:
     """Whether a record is the conversation's; notes the room of its events."""
     conversation, room = found
@@ -312,8 +289,7 @@ def _belongs(found: tuple[str | None, str | None], out: Forgotten) -> bool:
 
 def _dead_letter_of(fields: dict[bytes, bytes], out: Forgotten) -> bool:
     """Dead letters hold an entry's encoded record, or a whole spool line."""
-    raw = fields.get(b"v", b"")
-    return _belongs(_conversation_of(raw), out) or _belongs(_spooled_conversation(raw), out)
+    return _belongs(wal.conversation_of(fields.get(wal.VALUE, b"")), out)
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -337,18 +313,7 @@ def _read_all(fd: int) -> bytes:
 
 def _replace(path: Path, data: bytes, like: os.stat_result) -> None:
     """Write ``data`` to a temporary name the flusher does not import, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.forget")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        if os.geteuid() == 0:
-            os.fchown(fd, like.st_uid, like.st_gid)  # the service user must still be able to import it
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600, owner=(like.st_uid, like.st_gid))  # the service user still imports it
 
 
 def _text(value: bytes | str) -> str:

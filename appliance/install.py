@@ -6,7 +6,6 @@ nothing; a changed setting restarts only the programs that read it.
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import json
 import os
@@ -27,6 +26,7 @@ from agent.settings import load_settings
 from appliance import programs as registry
 from appliance import service
 from appliance.errors import ApplianceError
+from appliance.files import write_atomic
 from appliance.layout import Layout
 from appliance.programs import WORKERS
 from appliance.render import ConfigFile, postgres_bindir, programs, render_all
@@ -238,16 +238,7 @@ def _write(
             path.chmod(mode)
         report("unchanged", f"{what} {path}")
         return False
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chown(tmp, *owner)
-    tmp.chmod(mode)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode=mode, owner=owner)
     report("changed" if existed else "created", f"{what} {path}" + (" (new values added)" if keep and existed else ""))
     return True
 
@@ -346,14 +337,14 @@ def _ensure_database(settings: ApplianceSettings, report: Report) -> None:
     import psycopg
     from psycopg import sql
 
-    from appliance.cli.db import apply_migrations, connect
+    from appliance.stores import apply_migrations, postgres_connection
 
     pg = settings.postgres
     admin = pg.model_copy(update={"dbname": "postgres"})
     deadline = time.monotonic() + 60
     while True:
         try:
-            conn = connect(admin)
+            conn = postgres_connection(admin)
             break
         except ApplianceError:
             if time.monotonic() > deadline:
@@ -470,8 +461,4 @@ def _read_state(layout: Layout) -> dict[str, Any]:
 
 
 def _write_state(layout: Layout, state: dict[str, Any], user: pwd.struct_passwd) -> None:
-    path = layout.data_dir / STATE_NAME
-    tmp = path.with_name(f".{STATE_NAME}.new")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.chown(tmp, 0, grp.getgrgid(user.pw_gid).gr_gid)
-    os.replace(tmp, path)
+    write_atomic(layout.data_dir / STATE_NAME, json.dumps(state, indent=2), mode=0o644, owner=(0, user.pw_gid))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import shutil
 import stat
 import tarfile
@@ -50,6 +49,7 @@ from appliance.backup import (
     run_pg_tool,
 )
 from appliance.errors import ApplianceError
+from appliance.files import write_atomic
 from appliance.programs import WRITERS
 from appliance.stores import on_redis, postgres_connection, redis_client
 
@@ -279,7 +279,12 @@ def _restore_spool(directory: Path, tar: tarfile.TarFile, manifest: Manifest) ->
             path.unlink(missing_ok=True)
     for name in manifest.spool_files:
         with member(tar, SPOOL + name) as fh:
-            _write_atomic(directory / f"restored-{uuid.uuid4().hex[:12]}{SUFFIX}", fh.read(), 0o600, owner)
+            write_atomic(
+                directory / f"restored-{uuid.uuid4().hex[:12]}{SUFFIX}",
+                fh.read(),
+                mode=0o600,
+                owner=(owner.st_uid, owner.st_gid),
+            )
     return len(manifest.spool_files)
 
 
@@ -303,7 +308,7 @@ def _restore_config(files: ConfigFiles, tar: tarfile.TarFile, manifest: Manifest
             mode = stat.S_IMODE(like.st_mode) & (0o600 if target == files.secrets else 0o777)
         else:
             like = target.parent.stat()
-        _write_atomic(target, data, mode, like)
+        write_atomic(target, data, mode=mode, owner=(like.st_uid, like.st_gid))
         written.append(name)
     return written
 
@@ -322,23 +327,6 @@ def _keep_server_secrets(backup: bytes, current_file: Path, tomlkit: Any) -> byt
             doc[section] = tomlkit.table()
         doc[section][key] = value
     return str(tomlkit.dumps(doc)).encode()
-
-
-def _write_atomic(path: Path, data: bytes, mode: int, like: os.stat_result) -> None:
-    """Write beside ``path`` and rename over it; the owner is ``like``'s, so the service user keeps access."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            if os.geteuid() == 0:
-                os.fchown(fh.fileno(), like.st_uid, like.st_gid)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -16,10 +16,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field
 
 from agent.status_client import fetch_status
 from appliance import events as events_mod
+from appliance.masking import mask, secret_values
 from appliance.programs import WORKERS, status_port
 from appliance.supervisor import ProcessInfo, Supervisor, SupervisorDown
 
@@ -393,24 +394,11 @@ def worker_report(program: str, port: int, result: Any) -> Worker:
 
 def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
     import redis as redis_lib
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
 
     from agent.store.keys import GROUP, Keys
+    from appliance.stores import redis_client
 
-    s = settings.redis
-    password = s.password.get_secret_value() if s.password else None
-    common: dict[str, Any] = {
-        "db": s.db,
-        "password": password,
-        "socket_timeout": PROBE_TIMEOUT_S,
-        "socket_connect_timeout": PROBE_TIMEOUT_S,
-        "retry": Retry(NoBackoff(), 0),  # redis-py's default retries with backoff for seconds
-    }
-    if s.unix_socket:
-        client = redis_lib.Redis(unix_socket_path=str(s.unix_socket), **common)
-    else:
-        client = redis_lib.Redis(host=s.host, port=s.port, **common)
+    client = redis_client(settings.redis, timeout_s=PROBE_TIMEOUT_S)
     keys = Keys(settings.store.key_prefix)
     with client:
         memory: dict[str, Any] = client.info("memory")
@@ -472,21 +460,20 @@ def _flusher(published: dict[str, str]) -> Flusher:
 
 def probe_postgres(settings: ApplianceSettings) -> Postgres:
     import psycopg
-    from psycopg.conninfo import make_conninfo
+
+    from appliance.stores import connect_postgres, postgres_reason
 
     pg = settings.postgres
-    password = pg.password.get_secret_value() if pg.password else None
-    # libpq's connect_timeout has a 2 s floor; the statement timeout bounds a server that accepts and stalls.
-    conninfo = make_conninfo(pg.conninfo(), connect_timeout=2, options="-c statement_timeout=2000")
     try:
-        with psycopg.connect(conninfo, password=password, autocommit=True) as conn:
+        # The statement timeout bounds a server that accepts and stalls.
+        with connect_postgres(pg, timeout_s=PROBE_TIMEOUT_S) as conn:
             row = conn.execute(
                 "SELECT pg_database_size(current_database()),"
                 " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),"
                 " current_setting('max_connections')::int"
             ).fetchone()
     except psycopg.Error as exc:
-        raise ConnectionError(f"{pg.host}:{pg.port}: {_pg_reason(exc)}") from None
+        raise ConnectionError(f"{pg.host}:{pg.port}: {postgres_reason(exc)}") from None
     assert row is not None
     size, connections, max_connections = row
     return Postgres(
@@ -497,37 +484,12 @@ def probe_postgres(settings: ApplianceSettings) -> Postgres:
     )
 
 
-def _pg_reason(exc: Exception) -> str:
-    """libpq's reason without its preamble ('connection to server at ... failed: Connection refused')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    failed = [line for line in lines if "failed:" in line]
-    return (failed or lines)[-1].rsplit("failed:", 1)[-1].strip().removeprefix("FATAL:").strip()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Secrets never shown.
-
-
-def secret_values(settings: ApplianceSettings) -> list[str]:
-    """Every secret the settings hold, longest first (so that one containing another is masked whole)."""
-    found: list[str] = []
-
-    def walk(model: BaseModel) -> None:
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                found.append(value.get_secret_value())
-            elif isinstance(value, BaseModel):
-                walk(value)
-
-    walk(settings)
-    return sorted(set(found), key=len, reverse=True)
 
 
 def scrub(report: Report, secrets: list[str]) -> Report:
     """The report with every secret value masked, wherever an error message may have echoed it."""
     text = report.model_dump_json()
-    masked = text
-    for secret in secrets:
-        masked = masked.replace(json.dumps(secret)[1:-1], "**********")
+    masked = mask(text, (json.dumps(secret)[1:-1] for secret in secrets))  # as JSON escapes them
     return report if masked == text else Report.model_validate_json(masked)

@@ -1,5 +1,5 @@
-"""Blocking connections to the appliance's Redis and PostgreSQL for the operator's commands (forget, backup,
-restore): a server that cannot be reached is one line naming it and the fix, never the password."""
+"""Blocking connections to the appliance's Redis and PostgreSQL for the control plane (status, doctor, install,
+forget, backup, restore): a server that cannot be reached is one line naming it and the fix, never the password."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError
+from redis.retry import Retry
 
+from agent.store.redis_tier import connection_kwargs
 from appliance.errors import ApplianceError
+from appliance.masking import mask
 
 if TYPE_CHECKING:
     import psycopg
@@ -17,28 +21,15 @@ if TYPE_CHECKING:
     from agent.settings import PostgresSettings, RedisSettings
 
 T = TypeVar("T")
+# Commands here scan and copy whole keys: allow them longer than the data plane's 0.5 s.
+COMMAND_TIMEOUT_S = 10.0
 
 
-def redis_client(settings: RedisSettings) -> redis.Redis:
-    password = settings.password.get_secret_value() if settings.password else None
-    # Commands here scan and copy whole keys: allow them longer than the data plane's 0.5 s.
-    timeout = max(settings.timeout_s, 10.0)
-    if settings.unix_socket is not None:
-        return redis.Redis(
-            unix_socket_path=str(settings.unix_socket),
-            db=settings.db,
-            password=password,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-    return redis.Redis(
-        host=settings.host,
-        port=settings.port,
-        db=settings.db,
-        password=password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-    )
+def redis_client(settings: RedisSettings, timeout_s: float = COMMAND_TIMEOUT_S) -> redis.Redis:
+    """A blocking client that does not retry (redis-py's default retries with backoff for seconds). It is Redis's
+    default user, the password's holder: the control plane reads INFO and rewrites keys no data-plane ACL user may."""
+    admin = settings.model_copy(update={"acl_user": None})
+    return redis.Redis(**connection_kwargs(admin, timeout_s), retry=Retry(NoBackoff(), 0))
 
 
 def redis_address(settings: RedisSettings) -> str:
@@ -60,8 +51,50 @@ def on_redis(settings: RedisSettings, op: Callable[[], T]) -> T:
         ) from None
 
 
-def postgres_connection(settings: PostgresSettings) -> psycopg.Connection[tuple[object, ...]]:
-    """An autocommit connection, or an ApplianceError naming the server and the fix."""
-    from appliance.cli.db import connect
+def connect_postgres(pg: PostgresSettings, *, timeout_s: float | None = None) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection; psycopg's error as it comes. ``timeout_s`` bounds the connection (libpq's floor
+    is 2 s) and each statement."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
 
-    return connect(settings)
+    conninfo = pg.conninfo()
+    if timeout_s is not None:
+        conninfo = make_conninfo(
+            conninfo, connect_timeout=max(2, round(timeout_s)), options=f"-c statement_timeout={timeout_s * 1000:.0f}"
+        )
+    # The password goes as its own argument: conninfo() is safe to log, and stays so.
+    password = None if pg.password is None else pg.password.get_secret_value()
+    return psycopg.connect(conninfo, password=password, autocommit=True)
+
+
+def postgres_connection(pg: PostgresSettings) -> psycopg.Connection[tuple[object, ...]]:
+    """An autocommit connection, or an ApplianceError naming the server and the fix, never the password."""
+    import psycopg
+
+    try:
+        return connect_postgres(pg)
+    except psycopg.OperationalError as exc:
+        reason = postgres_reason(exc, None if pg.password is None else pg.password.get_secret_value())
+        if "password" in reason or "authentication" in reason:
+            fix = "check postgres.user and the postgres.password secret"
+        else:
+            fix = "is PostgreSQL running? check postgres.host and postgres.port"
+        raise ApplianceError(f"cannot connect to PostgreSQL at {pg.host}:{pg.port} ({reason}): {fix}") from None
+
+
+def postgres_reason(exc: BaseException, password: str | None = None) -> str:
+    """libpq's own reason, without its preamble: 'connection to server at ... failed: Connection refused'."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    failed = [line for line in lines if "failed:" in line]
+    reason = (failed or lines)[-1].rsplit("failed:", 1)[-1].strip().removeprefix("FATAL:").strip()
+    reason = reason or type(exc).__name__
+    # libpq does not echo passwords; this guards against a future message that does.
+    return mask(reason, [password])
+
+
+def apply_migrations(pg: PostgresSettings) -> list[str]:
+    """Names of the migrations applied now (empty when the schema was up to date)."""
+    from agent.store.migrate import migrate
+
+    with postgres_connection(pg) as conn:
+        return migrate(conn)

@@ -14,31 +14,42 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from agent.resources import lua
 from agent.settings import RedisSettings, StoreSettings
-from agent.store import acl
-from agent.store.keys import Keys, digest
+from agent.store import acl, wal
+from agent.store.keys import Keys
 from agent.store.records import ConversationEvent, InvalidMessage, Message
 
 COMPLETE = b"H:complete"
 
 
-def make_client(settings: RedisSettings) -> aioredis.Redis:
-    """A client that fails fast: one retry on a refused or reset connection (a restarted Redis), none on timeout."""
+def connection_kwargs(settings: RedisSettings, timeout_s: float) -> dict[str, Any]:
+    """What redis-py's clients (asyncio's and the blocking one) need to reach the configured Redis: its address,
+    the user and password (an ACL user's derived from the password), the timeouts; no retry with backoff."""
     secret = settings.password.get_secret_value() if settings.password else None
     if settings.acl_user is not None and secret is not None:
         secret = acl.password(secret, settings.acl_user)
-    common: dict[str, Any] = {
+    address: dict[str, Any] = (
+        {"unix_socket_path": str(settings.unix_socket)}
+        if settings.unix_socket is not None
+        else {"host": settings.host, "port": settings.port}
+    )
+    return {
+        **address,
         "db": settings.db,
         "username": settings.acl_user,
         "password": secret,
-        "socket_timeout": settings.timeout_s,
-        "socket_connect_timeout": settings.timeout_s,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
         "health_check_interval": 0,
         "driver_info": None,  # no CLIENT SETINFO: Redis 7.0 lacks it, and it is a round trip per connection
     }
-    if settings.unix_socket is not None:
-        return aioredis.Redis(unix_socket_path=str(settings.unix_socket), **common)
-    return aioredis.Redis(host=settings.host, port=settings.port, **common)
+
+
+def make_client(settings: RedisSettings) -> aioredis.Redis:
+    """A client that fails fast: one retry on a refused or reset connection (a restarted Redis), none on timeout."""
+    return aioredis.Redis(
+        **connection_kwargs(settings, settings.timeout_s),
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +78,7 @@ class RedisTier:
                 self._cap,
                 self._ttl,
                 "1" if mark_partial else "0",
-                digest(message.conversation_id),
+                wal.conversation_digest(message.conversation_id),
             ],
         )
 
@@ -132,12 +143,12 @@ class RedisTier:
 
     async def pending(self, conversation_id: str) -> list[Message]:
         """The conversation's messages still in the stream (not yet flushed). Costs a scan of the backlog."""
-        wanted = digest(conversation_id).encode()
+        wanted = wal.conversation_digest(conversation_id)
         found: list[Message] = []
         async for fields in self._backlog():
-            if fields.get(b"k") == b"m" and fields.get(b"h") == wanted:
+            if wal.is_message_of(fields, wanted):
                 with suppress(InvalidMessage):  # a poison entry: the flusher sets it aside
-                    found.append(Message.decode(fields[b"v"]))
+                    found.append(Message.decode(fields[wal.VALUE]))
         return found
 
     async def room_events(self, room: str) -> list[ConversationEvent]:
@@ -145,9 +156,9 @@ class RedisTier:
         they are what open can know of the room while it stays down. Costs a scan of the backlog."""
         found: list[ConversationEvent] = []
         async for fields in self._backlog():
-            if fields.get(b"k") == b"c":
+            if wal.is_event(fields):
                 with suppress(InvalidMessage):
-                    event = ConversationEvent.decode(fields[b"v"])
+                    event = ConversationEvent.decode(fields[wal.VALUE])
                     if event.room == room:
                         found.append(event)
         return found

@@ -14,8 +14,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
+from agent.store import wal
 from agent.store.records import ConversationEvent, InvalidMessage, Message
 
 SUFFIX = ".jsonl"
@@ -35,10 +34,10 @@ class Spool:
         self._path = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
 
     def write_message(self, message: Message) -> None:
-        self._write(b'{"k":"m","v":' + message.encode() + b"}\n")
+        self._write(wal.spool_line(message))
 
     def write_event(self, event: ConversationEvent) -> None:
-        self._write(b'{"k":"c","v":' + event.encode() + b"}\n")
+        self._write(wal.spool_line(event))
 
     def _write(self, line: bytes) -> None:
         """Blocking: returns once the line is on disk (the acknowledgement of the degraded mode)."""
@@ -76,16 +75,14 @@ class Spool:
             if not line.strip():
                 continue
             try:
-                record = orjson.loads(line)
-                raw = orjson.dumps(record["v"])
-                if record["k"] == "m":
-                    out.messages.append(Message.decode(raw))
-                elif record["k"] == "c":
-                    out.events.append(ConversationEvent.decode(raw))
-                else:
-                    raise InvalidMessage("k", f"unknown record kind {record['k']!r}")
-            except (orjson.JSONDecodeError, KeyError, TypeError, InvalidMessage) as exc:
+                record = wal.decode_spool_line(line)
+            except InvalidMessage as exc:
                 out.bad_lines.append((line, str(exc)))
+                continue
+            if isinstance(record, Message):
+                out.messages.append(record)
+            else:
+                out.events.append(record)
         return out
 
     def messages_for(self, conversation_id: str) -> list[Message]:

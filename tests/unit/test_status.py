@@ -17,6 +17,7 @@ from appliance import doctor, events
 from appliance.cli import main
 from appliance.cli.status import human
 from appliance.layout import Layout
+from appliance.masking import secret_values
 from appliance.settings import ApplianceSettings
 from appliance.status import (
     DEGRADED,
@@ -34,7 +35,6 @@ from appliance.status import (
     collect,
     judge,
     scrub,
-    secret_values,
     verdict_line,
 )
 from tests.harness.servers import free_port

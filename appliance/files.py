@@ -1,0 +1,25 @@
+"""Writing a file so that a reader sees the old content or the new one, never a part, even across a crash."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int, owner: tuple[int, int] | None = None) -> None:
+    """Write to a temporary name beside ``path`` (a dot name: no reader globs it), fsync, rename over ``path``.
+    ``owner`` (uid, gid) is applied when running as root, so a service user keeps its access."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fh.fileno(), *owner)
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,33 @@
+"""Secrets never shown: every secret value the settings hold, and text with them masked."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydantic import BaseModel, SecretStr
+
+MASK = "**********"
+
+
+def secret_values(model: BaseModel) -> list[str]:
+    """Every secret a settings model (and the models within it) holds, longest first, so that one containing
+    another is masked whole."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                walk(value)
+
+    walk(model)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def mask(text: str, secrets: Iterable[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text
