@@ -635,8 +635,12 @@ ensure_project() {
     mkdir "$work/src"
     tar -C "$work/src" -xf "$archive"
     step project "installing into $VENV (pip output in the log)"
+    # Exactly the locked packages, each checked against its hash (requirements/appliance.txt, from uv.lock); then
+    # the project itself, built with the locked setuptools.
     "$VENV/bin/python" -m pip install --no-input --disable-pip-version-check --no-warn-script-location \
-        --upgrade "$work/src" >>"$log_file" 2>&1
+        --require-hashes --no-deps -r "$work/src/requirements/appliance.txt" >>"$log_file" 2>&1
+    "$VENV/bin/python" -m pip install --no-input --disable-pip-version-check --no-warn-script-location \
+        --no-deps --no-build-isolation --upgrade "$work/src" >>"$log_file" 2>&1
     echo "$digest" >"$APPLIANCE_HOME/source.sha256"
     rm -rf "$work"
     step project "installed (${digest:0:12})"

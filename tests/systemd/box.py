@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +54,7 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
     ca-certificates python3-venv >/dev/null && update-ca-certificates >/dev/null
 COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /tmp/venv && PIP_CERT=/etc/ssl/certs/ca-certificates.crt \\
-    /tmp/venv/bin/pip download -q -d /wheels -r /tmp/requirements.txt
+    /tmp/venv/bin/pip download -q --require-hashes --no-deps -d /wheels -r /tmp/requirements.txt
 
 FROM {base}
 # D-Bus, as a Debian VM has it (systemd-run talks to systemd through it); then what install.sh installs,
@@ -88,16 +87,11 @@ def install_sh_packages() -> str:
     raise AssertionError("install.sh has no PACKAGES line")
 
 
-def requirements() -> str:
-    """What pip installs from the project: its dependencies and its build requirements."""
-    project = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())
-    return "\n".join([*project["project"]["dependencies"], *project["build-system"]["requires"]]) + "\n"
-
-
 def image(docker: Docker, host: HostNetwork) -> str:
     base = docker.imported(pristine_tarball(host))
     with tempfile.TemporaryDirectory(prefix="appliance-image-") as context:
-        (Path(context) / "requirements.txt").write_text(requirements())
+        # What install.sh installs: the locked packages, build requirements included.
+        shutil.copyfile(CHECKOUT / "requirements/appliance.txt", Path(context) / "requirements.txt")
         cas = Path(context) / "local-cas"
         cas.mkdir()
         for ca in Path("/usr/local/share/ca-certificates").glob("*.crt"):
