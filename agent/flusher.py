@@ -11,6 +11,7 @@ SIGTERM stops reading, finishes the batch, drains what is left and exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -121,10 +122,8 @@ class Flusher:
             await asyncio.shield(self._close())
 
     async def _close(self) -> None:
-        try:
+        with contextlib.suppress(*TRANSIENT):
             await self.publish_stats()
-        except TRANSIENT:
-            pass
         await self.pool.close()
         await self.redis.aclose()
 
@@ -135,10 +134,8 @@ class Flusher:
             except TRANSIENT as exc:
                 self.stats.errors += 1
                 log.warning("%s: %s", step.__name__, brief(exc))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), interval)
-            except TimeoutError:
-                pass
 
     async def _flush_loop(self) -> None:
         while not self._stopping.is_set():

@@ -17,6 +17,7 @@ import secrets
 import socket
 import time
 from collections import Counter, deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -88,10 +89,8 @@ class Redispatcher:
         # stays, and then that worker serves the room).
         await self.release(room)
         if dead_identity:
-            try:
+            with suppress(api.TwirpError):  # already gone
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
-            except api.TwirpError:
-                pass  # already gone
         if await self.dispatch(room, dead=dead_identity):
             self.counters.redispatches += 1
 

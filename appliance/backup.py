@@ -12,7 +12,6 @@ deletes them, so whatever they lose between the copies is already in PostgreSQL 
 from __future__ import annotations
 
 import base64
-import glob
 import hashlib
 import io
 import json
@@ -177,7 +176,7 @@ def read_manifest(archive: Path) -> Manifest:
 @contextmanager
 def open_archive(archive: Path) -> Iterator[tarfile.TarFile]:
     try:
-        tar = tarfile.open(archive, "r:gz")
+        tar = tarfile.open(archive, "r:gz")  # noqa: SIM115 (closed by the caller's with, after the yield)
     except FileNotFoundError:
         raise ApplianceError(f"{archive}: no such file") from None
     except (tarfile.TarError, OSError, EOFError):
@@ -302,9 +301,9 @@ def pg_tool(tool: str, server_major: int) -> Path:
     """The client tool of the server's major version (Debian installs each under /usr/lib/postgresql/<ver>/bin);
     else the oldest newer one (a newer pg_dump reads an older server), else the one on PATH."""
     found: dict[int, Path] = {}
-    for candidate in glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"):
+    for candidate in Path("/usr/lib/postgresql").glob(f"*/bin/{tool}"):
         with suppress(ValueError):
-            found[int(Path(candidate).parts[-3])] = Path(candidate)
+            found[int(candidate.parts[-3])] = candidate
     usable = sorted(v for v in found if v >= server_major)
     if usable:
         return found[usable[0]]
@@ -335,7 +334,7 @@ def _write_archive(target: Path, manifest: Manifest, work: Path, members: list[s
             tar.close()
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(partial, target)
+        partial.replace(target)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

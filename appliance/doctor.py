@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from appliance import programs
+from appliance import probes, programs
 from appliance import status as status_mod
 from appliance.masking import mask, secret_values
-from appliance.programs import WORKERS, status_port
+from appliance.programs import WORKERS
 
 if TYPE_CHECKING:
     from appliance.layout import Layout
@@ -307,18 +307,18 @@ def check_stores(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]
 
     where = redis_address(settings.redis)
     try:
-        found, _ = status_mod.probe_redis(settings)
+        found, _ = probes.probe_redis(settings)
     except redis.AuthenticationError:
         yield failed("redis", f"{where} refused the password", f"check redis.password in {layout.secrets_file}")
     except (redis.RedisError, OSError) as exc:
-        reason = status_mod.error_text(exc)
+        reason = probes.error_text(exc)
         yield failed("redis", reason if where in reason else f"{where}: {reason}", _down_fix("redis", settings))
     else:
         cap = f"of {found.maxmemory_mb:.0f} MB" if found.maxmemory_mb else "(no maxmemory set)"
         yield passed("redis", f"{where}: {found.used_mb} MB used {cap}")
     pg = settings.postgres
     try:
-        pg_found = status_mod.probe_postgres(settings)
+        pg_found = probes.probe_postgres(settings)
     except ConnectionError as exc:
         reason = str(exc)
         if "password" in reason or "authentication" in reason:
@@ -327,7 +327,7 @@ def check_stores(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]
             fix = _down_fix("postgres", settings)
         yield failed("postgres", reason, fix)
     except Exception as exc:
-        yield failed("postgres", f"{pg.host}:{pg.port}: {status_mod.error_text(exc)}", _down_fix("postgres", settings))
+        yield failed("postgres", f"{pg.host}:{pg.port}: {probes.error_text(exc)}", _down_fix("postgres", settings))
     else:
         yield passed("postgres", f"{pg.host}:{pg.port}/{pg.dbname}: up, {pg_found.size_mb} MB")
 
@@ -367,13 +367,7 @@ def check_livekit(settings: ApplianceSettings, layout: Layout) -> Iterator[Check
 
 def check_workers(settings: ApplianceSettings, layout: Layout) -> Iterator[Check]:
     """At least one worker answers on its status port and is registered with LiveKit."""
-    answers = []
-    for name in WORKERS:
-        port = status_port(settings, name)
-        try:
-            answers.append(status_mod.worker_report(name, port, status_mod.probe_worker(settings, port)))
-        except (OSError, ValueError):
-            continue
+    answers = [w for w in (probes.probe_worker(settings, name) for name in WORKERS) if w.ok]
     ready = [w for w in answers if w.registered and not w.draining]
     if ready:
         yield passed("worker", f"{ready[0].program} registered with LiveKit as {ready[0].worker_id}")

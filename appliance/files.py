@@ -19,7 +19,7 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int, owner: tuple[int, 
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

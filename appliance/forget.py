@@ -113,9 +113,9 @@ def _drop_stream_entries(client: redis.Redis, keys: Keys, out: Forgotten) -> set
     wanted = wal.conversation_digest(out.conversation_id)
     ids: list[str] = []
     for entry_id, fields in _scan(client, keys.stream):
-        if wal.is_message_of(fields, wanted):
-            ids.append(entry_id)
-        elif wal.is_event(fields) and _belongs(wal.conversation_of(fields.get(wal.VALUE, b"")), out):
+        if wal.is_message_of(fields, wanted) or (
+            wal.is_event(fields) and _belongs(wal.conversation_of(fields.get(wal.VALUE, b"")), out)
+        ):
             ids.append(entry_id)
     for start in range(0, len(ids), CHUNK):
         out.stream_entries += int(client.xdel(keys.stream, *ids[start : start + CHUNK]))

@@ -258,7 +258,7 @@ def _ensure_livekit_binary(source: Path, target: Path, report: Report) -> None:
     tmp = target.with_name(f".{target.name}.new")
     shutil.copyfile(source, tmp)
     tmp.chmod(0o755)
-    os.replace(tmp, target)
+    tmp.replace(target)
     report("created", f"livekit-server {target}")
 
 
@@ -390,28 +390,22 @@ def _apply_changes(settings: ApplianceSettings, layout: Layout, changed: set[str
 
 
 def _wait_healthy(settings: ApplianceSettings, layout: Layout, report: Report, timeout_s: float = 180) -> None:
+    """Until `appliance status` says healthy (its verdict, the one definition); the worker is started if neither
+    of the two runs (a reload may leave both stopped)."""
+    from appliance import status
+
     sup = Supervisor(layout.supervisor_socket)
     deadline = time.monotonic() + timeout_s
     while True:
-        processes = {p.name: p for p in sup.processes()}
-        waiting = [
-            name
-            for name, p in processes.items()
-            if name not in WORKERS and p.state != "RUNNING" and not name.startswith("event")
-        ]
-        worker = service.running_worker(sup)
-        if worker is None:
+        if service.running_worker(sup) is None:
             sup.start("worker", wait=False)
-        if not waiting and worker is not None and processes[worker].running:
-            status = service.worker_status(settings, worker)
-            if status and status.get("registered"):
-                report("healthy", f"every program running; {worker} registered with LiveKit")
-                return
+        found = status.collect(settings, layout)
+        if found.exit_code == status.HEALTHY:
+            workers = ", ".join(w.program for w in found.workers if w.registered)
+            report("healthy", f"{found.verdict}; {workers} registered with LiveKit")
+            return
         if time.monotonic() > deadline:
-            names = waiting or list(WORKERS)
-            raise ApplianceError(
-                f"not healthy after {timeout_s:.0f} s: {', '.join(names)}; see `appliance logs {names[0]}`"
-            )
+            raise ApplianceError(f"not healthy after {timeout_s:.0f} s: {'; '.join(found.problems)}")
         time.sleep(0.5)
 
 
@@ -462,3 +456,17 @@ def _read_state(layout: Layout) -> dict[str, Any]:
 
 def _write_state(layout: Layout, state: dict[str, Any], user: pwd.struct_passwd) -> None:
     write_atomic(layout.data_dir / STATE_NAME, json.dumps(state, indent=2), mode=0o644, owner=(0, user.pw_gid))
+
+
+def summary(outcome: Outcome, elapsed_s: float) -> list[str]:
+    """What install and reconfigure print when done: what restarted, what runs, where things are, what next."""
+    layout = outcome.layout
+    restarted = ", ".join(outcome.restarted) or ("every program started" if outcome.started else "nothing")
+    running = [f"{p.name} ({p.pid})" for p in Supervisor(layout.supervisor_socket).processes() if p.running]
+    return [
+        f"done in {elapsed_s:.1f} s; restarted: {restarted}",
+        f"runs:    {', '.join(running)} under supervisord ({layout.supervisor_socket})",
+        f"config:  {layout.config_file} (secrets in {layout.secrets_file})",
+        f"logs:    `appliance logs [PROGRAM] [-f]` ({layout.log_dir} or the journal)",
+        "next:    `appliance status`, `appliance chat ROOM`, `appliance token ROOM IDENTITY`",
+    ]

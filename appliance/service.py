@@ -8,12 +8,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from agent.status_client import fetch_status
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
-from appliance.programs import SERVICES, WORKERS, status_port
+from appliance.probes import probe_worker
+from appliance.programs import SERVICES, WORKERS
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
 from appliance.unit import UNIT_NAME, worker_stopwaitsecs
@@ -167,19 +166,11 @@ def restart_worker(settings: ApplianceSettings, layout: Layout, *, now: bool, pr
     return new
 
 
-def worker_status(settings: ApplianceSettings, worker: str, timeout_s: float = 2) -> dict[str, Any] | None:
-    """The worker's own status (rooms, counters, registration), or None when it does not answer."""
-    try:
-        return fetch_status(status_port(settings, worker), settings.livekit, timeout_s)
-    except (OSError, ValueError):
-        return None
-
-
 def wait_registered(settings: ApplianceSettings, worker: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = worker_status(settings, worker)
-        if status and status.get("registered") and not status.get("draining"):
+        found = probe_worker(settings, worker)
+        if found.registered and not found.draining:
             return
         time.sleep(0.5)
     raise ApplianceError(

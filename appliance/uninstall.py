@@ -17,6 +17,7 @@ import subprocess
 import time
 import xmlrpc.client
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,10 +275,8 @@ def our_processes(plan: Plan) -> list[psutil.Process]:
     """
     uid: int | None = None
     if plan.home is not None:
-        try:
+        with suppress(KeyError):
             uid = pwd.getpwnam(plan.user).pw_uid or None  # never root's processes
-        except KeyError:
-            pass
     layout = plan.layout
     config = str(layout.config_file)
     markers = [f"{p}/" for p in (plan.home, layout.etc_dir, layout.data_dir, layout.run_dir) if p]
@@ -309,7 +308,7 @@ def our_processes(plan: Plan) -> list[psutil.Process]:
 def _same_root(pid: int) -> bool:
     """Whether the process sees the same / as we do (in a chroot, /proc also shows the host's processes)."""
     try:
-        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+        theirs, ours = Path(f"/proc/{pid}/root").stat(), Path("/").stat()
     except OSError:
         return False
     return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
@@ -380,10 +379,7 @@ def _restore_debian_services(plan: Plan, report: Report, progress: Progress) -> 
     offline = [] if plan.systemd else ["--root=/"]
     for service in plan.state.services:
         enabled = _unit_query(offline, "is-enabled", service.unit)
-        if service.package_before == "absent" or service.enabled_before != "enabled":
-            want_enabled = False
-        else:
-            want_enabled = True
+        want_enabled = not (service.package_before == "absent" or service.enabled_before != "enabled")
         if want_enabled and enabled != "enabled":
             _systemctl(*offline, "enable", service.unit)
             report.add(f"re-enabled Debian's {service.unit}, as it was", progress)

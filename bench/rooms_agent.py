@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 from livekit.agents import Agent, get_job_context
 
@@ -33,6 +34,6 @@ def build() -> Agent:
             "session": time.time(),
         }
         # One short write with O_APPEND: lines from concurrent room processes never interleave.
-        with open(path, "a") as out:
+        with Path(path).open("a") as out:
             out.write(json.dumps(line) + "\n")
     return sample.build()

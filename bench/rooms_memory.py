@@ -4,7 +4,6 @@ memory goes (its smaps), and the CPU time of each party. Blocking (psutil, /proc
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -91,7 +90,7 @@ def mapping_kind(path: str, size_kib: int) -> str:
         return "[heap], the room's own (the main thread's malloc)"
     if path.startswith("["):
         return "other kernel mappings ([stack], [vvar]...)"
-    name = os.path.basename(path.split(" (deleted)")[0])
+    name = Path(path.split(" (deleted)")[0]).name
     if "livekit_ffi" in name:
         return "liblivekit_ffi.so (data, relocations)"
     if ".so" in name:

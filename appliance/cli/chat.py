@@ -15,9 +15,7 @@ import click
 from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
-    from appliance.chatclient import ChatClient
     from appliance.cli import App
-    from appliance.settings import ApplianceSettings
 
 
 @click.command()
@@ -35,8 +33,12 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
         logging.getLogger("livekit").setLevel(logging.CRITICAL)  # the SDK's own lines would bury ours
     code = 0
     try:
+        from appliance.conversation import converse
+
         refused = asyncio.run(
-            converse(app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None)
+            converse(
+                app.settings, room, identity, script or sys.stdin, wait_s, interactive=script is None, out=click.echo
+            )
         )
         code = 1 if refused else 0
     except ApplianceError as exc:
@@ -47,59 +49,3 @@ def chat(app: App, room: str, identity: str | None, script: TextIO | None, wait_
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-async def converse(
-    settings: ApplianceSettings, room: str, identity: str, lines: TextIO, wait_s: float, *, interactive: bool
-) -> int:
-    """Send every line and show the answers; returns how many lines the agent refused to store (each one said)."""
-    from livekit import rtc
-
-    from appliance.chatclient import ChatClient, Refused
-    from appliance.tokens import join_token
-
-    client = ChatClient(settings.livekit.url, join_token(settings.livekit, room, identity).token)
-    try:
-        await client.connect()
-    except rtc.ConnectError as exc:
-        raise ApplianceError(f"cannot join {room} at {settings.livekit.url}: {connect_failure(str(exc))}") from None
-    try:
-        try:
-            click.echo(f"agent: {await client.greeting(wait_s)}")
-        except TimeoutError:
-            raise ApplianceError(f"no agent answered in {room} within {wait_s:.0f}s: is the worker running?") from None
-        printer = asyncio.create_task(print_replies(client)) if interactive else None
-        loop = asyncio.get_running_loop()
-        refused = 0
-        while line := (await loop.run_in_executor(None, lines.readline)):
-            text = line.rstrip("\n")
-            if not text:
-                continue
-            try:
-                await client.send(text, ack_seconds=wait_s)
-            except Refused as exc:  # not stored, so not answered: say why and go on with the next line
-                click.echo(f"error: not stored: {exc}", err=True)
-                refused += 1
-                continue
-            if not interactive:
-                click.echo(f"{identity}: {text}")
-                click.echo(f"agent: {await client.reply(wait_s)}")
-        if printer is not None:
-            printer.cancel()
-        return refused
-    finally:
-        await client.aclose()
-
-
-async def print_replies(client: ChatClient) -> None:
-    while True:
-        click.echo(f"agent: {await client.reply(seconds=3600)}")
-
-
-def connect_failure(detail: str) -> str:
-    """The cause of a failed join, in one line with its fix (the SDK's message spans lines of Rust errors)."""
-    if "401" in detail or "invalid API key" in detail or "token" in detail.lower():
-        return "LiveKit refused our token: livekit.api_key and livekit.api_secret must be the server's"
-    if "refused" in detail.lower() or "timed out" in detail.lower():
-        return "nothing answers there: is LiveKit running, and is livekit.url right?"
-    return detail.splitlines()[-1][:200] if detail else "unknown error"

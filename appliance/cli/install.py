@@ -100,7 +100,7 @@ def _read_secret(source: TextIO) -> str:
 def _run(app: App, options: object) -> None:
     import time
 
-    from appliance.install import InstallOptions, install
+    from appliance.install import InstallOptions, install, summary
 
     assert isinstance(options, InstallOptions)
     began = time.monotonic()
@@ -109,13 +109,5 @@ def _run(app: App, options: object) -> None:
         app.message(f"  {outcome:<10} {what}")
 
     outcome = install(options, report)
-    layout = outcome.layout
-    restarted = ", ".join(outcome.restarted) or ("every program started" if outcome.started else "nothing")
-    app.message(f"done in {time.monotonic() - began:.1f} s; restarted: {restarted}")
-    from appliance.supervisor import Supervisor
-
-    running = [f"{p.name} ({p.pid})" for p in Supervisor(layout.supervisor_socket).processes() if p.running]
-    app.message(f"runs:    {', '.join(running)} under supervisord ({layout.supervisor_socket})")
-    app.message(f"config:  {layout.config_file} (secrets in {layout.secrets_file})")
-    app.message(f"logs:    `appliance logs [PROGRAM] [-f]` ({layout.log_dir} or the journal)")
-    app.message("next:    `appliance status`, `appliance chat ROOM`, `appliance token ROOM IDENTITY`")
+    for line in summary(outcome, time.monotonic() - began):
+        app.message(line)

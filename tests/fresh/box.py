@@ -181,8 +181,8 @@ def restart_here(root: FreshRoot) -> None:
     wait_until(lambda: not appliance_processes(root), 30, "the appliance's processes to exit")
     start = root.run([APPLIANCE, "start"], timeout=300)
     assert start.returncode == 0, explain(start)
-    here = os.stat("/proc/thread-self/ns/net").st_ino
-    assert {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in appliance_processes(root)} == {here}
+    here = Path("/proc/thread-self/ns/net").stat().st_ino
+    assert {Path(f"/proc/{pid}/ns/net").stat().st_ino for pid in appliance_processes(root)} == {here}
     wait_until(lambda: root.run([APPLIANCE, "status"]).returncode == 0, 180, "appliance status to say healthy")
 
 

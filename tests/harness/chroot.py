@@ -13,7 +13,6 @@ removes what a killed run left behind. Nothing under a root is deleted while any
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import signal
 import subprocess
@@ -80,7 +79,7 @@ def pristine_tarball(host: HostNetwork, *, timeout: float = 1200) -> Path:
         )
         partial = work / "root.tar"
         subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."], check=True)
-        os.replace(partial, tarball)
+        partial.replace(tarball)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for old in CACHE_DIR.glob(f"{SUITE}-*.tar"):
@@ -104,13 +103,13 @@ def mounts_under(path: Path) -> list[Path]:
 def processes_in(root: Path) -> list[psutil.Process]:
     """Processes whose root directory is ``root``: everything started inside the chroot."""
     try:
-        want = os.stat(root)
+        want = Path(root).stat()
     except FileNotFoundError:
         return []
     found = []
     for proc in psutil.process_iter():
         try:
-            st = os.stat(f"/proc/{proc.pid}/root")
+            st = Path(f"/proc/{proc.pid}/root").stat()
         except OSError:
             continue
         if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):

@@ -7,12 +7,12 @@ only when every tool is there and the network namespace can be made; otherwise o
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ TOOLS = (
 
 def present(tool: Tool) -> bool:
     if tool.what.startswith("/"):
-        return any(os.access(path, os.X_OK) for path in glob.glob(tool.what))
+        return any(os.access(path, os.X_OK) for path in Path("/").glob(tool.what.lstrip("/")))
     return shutil.which(tool.what) is not None
 
 

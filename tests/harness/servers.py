@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import secrets
@@ -169,7 +168,7 @@ class RedisServer:
 
 def pg_bindir() -> Path:
     """The newest installed PostgreSQL's binaries (Debian keeps them out of PATH)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parts[-2]))
     if found:
         return Path(found[-1])
     initdb = shutil.which("initdb")

@@ -311,9 +311,11 @@ def test_each_program_reaches_the_journal_under_its_identifier_with_its_level(na
             30,
             "PostgreSQL's lines in the journal",
         )
-        with psycopg.connect(host=str(base / "pg"), port=pg_port(base), user="appliance", dbname="postgres") as conn:
-            with pytest.raises(psycopg.errors.UndefinedTable):
-                conn.execute("SELECT * FROM no_such_table")
+        with (
+            psycopg.connect(host=str(base / "pg"), port=pg_port(base), user="appliance", dbname="postgres") as conn,
+            pytest.raises(psycopg.errors.UndefinedTable),
+        ):
+            conn.execute("SELECT * FROM no_such_table")
 
         def pg_error() -> dict[str, Any] | None:
             entries = namespace.entries("-t", "appliance-postgres", "-p", "warning")

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-from appliance.service import running_worker, worker_status
+from appliance.probes import probe_worker
+from appliance.service import running_worker
 from tests.harness.appliance import InstalledAppliance
 from tests.harness.servers import wait_until
 from tests.system.conftest import Join
@@ -40,11 +41,11 @@ async def test_graceful_restart_keeps_every_room_served(appliance: InstalledAppl
     new = "worker-alt" if old == "worker" else "worker"
 
     def old_draining() -> bool:
-        return bool((worker_status(settings, old) or {}).get("draining"))
+        return probe_worker(settings, old).draining
 
     await asyncio.to_thread(wait_until, old_draining, 120, f"{old} draining")
     # The new worker registered before the old one began to drain; the room's agent goes on meanwhile.
-    assert (worker_status(settings, new) or {}).get("registered")
+    assert probe_worker(settings, new).registered
     await alice.send("during the drain")
     await alice.reply_containing("alice: during the drain")
     bob = await join(appliance, "joined-during-restart", "bob")

@@ -75,7 +75,25 @@ def test_install_sh_enabled_and_started_the_unit(box: SystemdBox) -> None:
 Facts = dict[str, Any]
 
 PSEUDO_DEVICES = set(
-    "char fd full hugepages log mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero".split()
+    [
+        "char",
+        "fd",
+        "full",
+        "hugepages",
+        "log",
+        "mqueue",
+        "null",
+        "ptmx",
+        "pts",
+        "random",
+        "shm",
+        "stderr",
+        "stdin",
+        "stdout",
+        "tty",
+        "urandom",
+        "zero",
+    ]
 )
 # Per sandboxing directive of the unit, what a process under it sees; each must hold under the unit's whole sandbox
 # and fail with that directive (all its lines) taken out.

@@ -18,20 +18,15 @@ from appliance.cli import main
 from appliance.cli.status import human
 from appliance.layout import Layout
 from appliance.masking import secret_values
+from appliance.probes import Flusher, Postgres, Redis, Room, Supervisord, Worker
 from appliance.settings import ApplianceSettings
 from appliance.status import (
     DEGRADED,
     HEALTHY,
     NOT_RUNNING,
     UNKNOWN,
-    Flusher,
-    Postgres,
     Program,
-    Redis,
     Report,
-    Room,
-    Supervisord,
-    Worker,
     collect,
     judge,
     scrub,
