@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import signal
 import sys
 from collections import Counter
@@ -70,7 +69,7 @@ def build_server(
     multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
     on_request: Callable[[JobRequest], Awaitable[None]] | None = None,
 ) -> AgentServer:
-    """Our AgentServer; ``preload=False`` and ``spawn`` exist for the benchmark's baselines (bench/rooms.py)."""
+    """Our AgentServer; ``preload=False`` and ``spawn`` exist for the benchmark's baselines (bench/worker.py)."""
     worker = settings.worker
     livekit = settings.livekit
 
@@ -261,16 +260,18 @@ class Worker:
             await self.redis.aclose()
 
 
-async def _serve(settings: AgentSettings, baseline: str) -> int:
+async def serve(
+    settings: AgentSettings,
+    *,
+    preload: bool = True,
+    multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
+) -> int:
+    """Run the worker until SIGTERM or SIGINT; the options are build_server's (bench/worker.py's baselines)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = Worker(
-        settings,
-        preload=baseline != "defaults",
-        multiprocessing_context="spawn" if baseline == "spawn" else "forkserver",
-    )
+    worker = Worker(settings, preload=preload, multiprocessing_context=multiprocessing_context)
     return await worker.run(stop)
 
 
@@ -278,13 +279,7 @@ def main() -> None:
     setup_logging()
     settings = load_or_exit(AgentSettings)
     setup_logging(settings.logging)  # now at the configured level and format
-    # Benchmark only: bench/rooms.py runs this same worker as a baseline, "defaults" (livekit-agents' forkserver
-    # without our modules preloaded) or "spawn". Production never sets it.
-    baseline = os.environ.get("APPLIANCE_BENCH_BASELINE", "")
-    if baseline not in ("", "defaults", "spawn"):
-        print(f"error: APPLIANCE_BENCH_BASELINE={baseline}: expected defaults or spawn", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(asyncio.run(_serve(settings, baseline)))
+    sys.exit(asyncio.run(serve(settings)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,10 +24,11 @@ from typing import Any
 import tomlkit
 
 from agent.settings import load_settings
+from appliance import host, service
 from appliance import programs as registry
-from appliance import service
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
+from appliance.host import Host
 from appliance.layout import Layout
 from appliance.programs import WORKERS
 from appliance.render import ConfigFile, postgres_bindir, programs, render_all
@@ -50,6 +52,9 @@ class InstallOptions:
     livekit_server_bin: Path | None = None
     node_ip: str | None = None
     domain: str | None = None
+    # From install.sh: also set up the box (Debian packages and services, the state file, the command, the
+    # bundled livekit-server; appliance/host.py).
+    host: Host | None = None
 
 
 @dataclass
@@ -65,6 +70,8 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     secrets_text = _candidate_secrets(options, config_text)
     settings = _check(config_text, secrets_text)  # raises SettingsError: nothing is touched yet
     layout = Layout.of(settings, options.config_file)
+    if options.host is not None:
+        _set_up_host(settings, layout, options, options.host, report)
     lk_source = _livekit_source(settings, options)
     outcome = Outcome(settings, layout)
     user = _ensure_user(settings, report)
@@ -102,6 +109,19 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     _wait_healthy(settings, layout, report)
     _write_state(layout, {"sections": sections, "code": code}, user)
     return outcome
+
+
+def _set_up_host(
+    settings: ApplianceSettings, layout: Layout, options: InstallOptions, box: Host, report: Report
+) -> None:
+    livekit_given = options.livekit_server_bin is not None
+    host.preflight(settings, layout, livekit_given=livekit_given, report=report)
+    state = host.record_state(options.config_file, report)
+    host.ensure_packages(state, box, report)
+    host.ensure_debian_services_off(state, report)
+    host.ensure_cli_link(Path(sys.prefix), report)
+    if settings.bundles_livekit and not livekit_given:
+        host.ensure_livekit(settings, box, report)
 
 
 # --- the settings, checked before anything changes -----------------------------------------------------------

@@ -24,14 +24,13 @@ from pathlib import Path
 import psutil
 
 from appliance.errors import ApplianceError
+from appliance.install_state import STATE_FILE, InstallState
 from appliance.layout import Layout
 from appliance.service import systemd_runs
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor, SupervisorDenied, SupervisorDown
 from appliance.unit import UNIT_NAME
 
-# Written by install.sh (its STATE_FILE): the box before the appliance.
-STATE_FILE = Path("/var/lib/appliance/install-state.env")
 # Directories never deleted whole, whatever a setting says.
 _NEVER_DELETE = {
     Path(p)
@@ -62,61 +61,6 @@ _LEAVE_S = 10.0
 _SHUTDOWN_STATE = 6
 
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class DebianService:
-    """A Debian service of a package the appliance needs (redis-server, postgresql), as install.sh found it."""
-
-    unit: str
-    package_before: str  # "installed" or "absent": absent means install.sh added the package
-    enabled_before: str  # systemctl is-enabled's answer then ("enabled", "disabled", "absent", ...)
-    active_before: str  # systemctl is-active's answer then, "unknown" without a running systemd
-
-
-@dataclass(frozen=True)
-class InstallState:
-    """install.sh's state file: KEY=value lines, values optionally double-quoted."""
-
-    values: dict[str, str]
-
-    @classmethod
-    def read(cls, path: Path) -> InstallState | None:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return None
-        values = {}
-        for line in text.splitlines():
-            line = line.strip()
-            if not line or line.startswith("#") or "=" not in line:
-                continue
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip().removeprefix('"').removesuffix('"')
-        return cls(values)
-
-    def path(self, key: str) -> Path | None:
-        value = self.values.get(key, "")
-        return Path(value) if value.startswith("/") else None
-
-    def words(self, key: str) -> list[str]:
-        return self.values.get(key, "").split()
-
-    @property
-    def services(self) -> list[DebianService]:
-        found = []
-        for unit in ("redis-server.service", "postgresql.service"):
-            key = unit.removesuffix(".service").replace("-", "_").upper()
-            if f"{key}_PACKAGE" in self.values:
-                found.append(
-                    DebianService(
-                        unit=unit,
-                        package_before=self.values[f"{key}_PACKAGE"],
-                        enabled_before=self.values.get(f"{key}_ENABLED", "unknown"),
-                        active_before=self.values.get(f"{key}_ACTIVE", "unknown"),
-                    )
-                )
-        return found
 
 
 @dataclass(frozen=True)

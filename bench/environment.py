@@ -23,7 +23,7 @@ import redis.utils
 from agent.settings import AgentSettings, FlusherSettings, SettingsError, StoreSettings, load_settings
 from agent.store.migrate import migrate
 from bench.figures import quantile
-from tests.harness.servers import PostgresServer, RedisServer
+from harness.servers import PostgresServer, RedisServer
 
 
 class BenchError(Exception):

@@ -1,6 +1,6 @@
 """How long install.sh takes on a box where it has nothing to do: the median of N re-runs in a fresh Debian 12 root.
 
-    python bench/install_rerun.py [--runs 5]        (as root: debootstrap root, mounts, chroot, a network namespace)
+    python -m bench.install_rerun [--runs 5]        (as root: debootstrap root, mounts, chroot, a network namespace)
 
 The root is installed as tests/fresh installs it (the same helpers: downloads from the host's network, a bundled
 livekit-server on loopback), its appliance restarted in a private network namespace, then ``install.sh --yes`` is
@@ -17,15 +17,10 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `bench` and `tests` when run as `python bench/install_rerun.py`
-
-from bench.environment import BenchError  # noqa: E402
-from tests.fresh.box import prepared_root, restart_here, run_install  # noqa: E402
-from tests.harness.livekit import PrivateNetwork  # noqa: E402
+from bench.environment import BenchError
+from harness.freshroot import prepared_root, restart_here, run_install
+from harness.livekit import PrivateNetwork
 
 TARGET_S = 15.0
 STARTED = time.monotonic()

@@ -2,7 +2,7 @@
 livekit-agents' defaults and against spawn, in one run: greeting and reply latency, memory per room, and how long
 a room waits for its agent after kill -9 of the room's process.
 
-    sudo python bench/rooms.py [--rooms 10,50] [--messages M] [--quick] [--json]
+    sudo python -m bench.rooms [--rooms 10,50] [--messages M] [--quick] [--json]
 
 It starts its own livekit-server, Redis and PostgreSQL (migrated), and for each configuration a worker and a
 flusher, all inside a private network namespace whose only addresses are loopback, so it must run as root. There
@@ -33,14 +33,10 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `bench` and `tests.harness` when run as `python bench/rooms.py`
-
-from bench.environment import BenchError  # noqa: E402
-from bench.figures import Target  # noqa: E402
-from bench.rooms_load import FULL, QUICK, Load, Plan, Room, RoomNotKillable, Samples, kill_sample  # noqa: E402
-from bench.rooms_memory import (  # noqa: E402
+from bench.environment import BenchError
+from bench.figures import Target
+from bench.rooms_load import FULL, QUICK, Load, Plan, Room, RoomNotKillable, Samples, kill_sample
+from bench.rooms_memory import (
     anatomy,
     cpu_between,
     cpu_snapshot,
@@ -49,8 +45,8 @@ from bench.rooms_memory import (  # noqa: E402
     median_room,
     threads,
 )
-from bench.rooms_report import Latency, Memory, Report, Result, num, render_json, render_table  # noqa: E402
-from bench.rooms_stack import (  # noqa: E402
+from bench.rooms_report import Latency, Memory, Report, Result, num, render_json, render_table
+from bench.rooms_stack import (
     Deployment,
     Stack,
     become_subreaper,
@@ -64,10 +60,10 @@ from bench.rooms_stack import (  # noqa: E402
     undeploy,
     warm,
 )
-from bench.rooms_timeline import cold_open, dispatched_twice, read_timeline, steps, unserved  # noqa: E402
-from tests.harness.livekit import binary  # noqa: E402
-from tests.harness.processes import WorkerProcess  # noqa: E402
-from tests.harness.servers import wait_until  # noqa: E402
+from bench.rooms_timeline import cold_open, dispatched_twice, read_timeline, steps, unserved
+from harness.livekit import binary
+from harness.processes import WorkerProcess
+from harness.servers import wait_until
 
 STARTED = time.monotonic()
 # A spawn room process holds its own copy of everything, the turn detector's weights too (measured ~320 MiB USS);
@@ -93,7 +89,7 @@ KEYS = ("ours", "defaults", "spawn")
 class Config:
     key: str
     label: str
-    baseline: str  # APPLIANCE_BENCH_BASELINE: how agent/worker.py builds its AgentServer
+    baseline: str  # bench/worker.py's baseline ("" for ours): how the worker builds its AgentServer
     idle: int
 
 

@@ -21,7 +21,7 @@ from livekit.rtc._ffi_client import FfiClient
 from livekit.rtc._proto import ffi_pb2 as proto_ffi
 
 from appliance.chatclient import ChatClient
-from tests.harness.livekit import LiveKitServer
+from harness.livekit import LiveKitServer
 
 GREETING_TIMEOUT_S = 30.0
 ACK_TIMEOUT_S = 20.0

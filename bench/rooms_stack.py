@@ -1,7 +1,7 @@
 """What the rooms benchmark runs against: a private network namespace holding a private livekit-server, Redis and
 PostgreSQL, and for each configuration a worker and a flusher; every process it starts is accounted for.
 
-Everything lives in one network namespace whose only addresses are loopback (see tests/harness/livekit.py for why
+Everything lives in one network namespace whose only addresses are loopback (see harness/livekit.py for why
 WebRTC clients need it), so no packet can leave the machine. Making one takes root.
 """
 
@@ -24,9 +24,9 @@ from agent.status_client import fetch_status
 from agent.store.migrate import migrate
 from bench.environment import BenchError
 from bench.rooms_agent import TIMELINE_ENV
-from tests.harness.livekit import LiveKitServer, PrivateNetwork
-from tests.harness.processes import FlusherProcess, WorkerProcess
-from tests.harness.servers import PostgresServer, RedisServer, free_port, wait_until
+from harness.livekit import LiveKitServer, PrivateNetwork
+from harness.processes import FlusherProcess, WorkerProcess
+from harness.servers import PostgresServer, RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]  # the worker imports bench.rooms_agent from here
 PR_SET_CHILD_SUBREAPER = 36
@@ -90,7 +90,7 @@ class Stack:
 def require_root() -> None:
     if os.geteuid() != 0:
         raise BenchError(
-            "bench/rooms.py must run as root: it creates a private network namespace (unshare CLONE_NEWNET) so "
+            "bench.rooms must run as root: it creates a private network namespace (unshare CLONE_NEWNET) so "
             "that every WebRTC packet stays on loopback, and runs PostgreSQL as the postgres user"
         )
 
@@ -171,9 +171,7 @@ def deploy(stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spa
     started = time.monotonic()
     flusher = FlusherProcess(settings, workdir).start()
     stack.remember(flusher.pid, f"{name} flusher")
-    worker = WorkerProcess(settings, workdir)
-    if baseline:
-        worker.env["APPLIANCE_BENCH_BASELINE"] = baseline
+    worker = WorkerProcess(settings, workdir, module="bench.worker", args=(baseline or "ours",))
     timeline = workdir / "timeline.jsonl"
     worker.env[TIMELINE_ENV] = str(timeline)
     worker.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), worker.env.get("PYTHONPATH")]))

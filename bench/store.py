@@ -1,7 +1,7 @@
 """Benchmark of the conversation store: acknowledged appends, durable throughput and flush lag, against a naive
 per-message INSERT and langchain-postgres, on the same PostgreSQL with the same messages, in one run.
 
-    python bench/store.py [--quick] [--json] [--use-config] [--profile]
+    python -m bench.store [--quick] [--json] [--use-config] [--profile]
 
 Without --use-config it starts private Redis (appendfsync everysec and always) and PostgreSQL servers on
 temporary directories; with it, it uses the running appliance's servers under its own key prefix and its own
@@ -21,13 +21,9 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `bench` and `tests.harness` when run as `python bench/store.py`
-
-from bench.anatomy import anatomy, render_anatomy  # noqa: E402
-from bench.baselines import langchain_postgres, naive_insert  # noqa: E402
-from bench.environment import (  # noqa: E402
+from bench.anatomy import anatomy, render_anatomy
+from bench.baselines import langchain_postgres, naive_insert
+from bench.environment import (
     BenchError,
     Env,
     clean_up,
@@ -37,8 +33,8 @@ from bench.environment import (  # noqa: E402
     describe_servers,
     private_env,
 )
-from bench.figures import FULL, QUICK, Plan, Report, Target, make_messages, render_json, render_table  # noqa: E402
-from bench.store_phases import PRODUCERS, store_phases  # noqa: E402
+from bench.figures import FULL, QUICK, Plan, Report, Target, make_messages, render_json, render_table
+from bench.store_phases import PRODUCERS, store_phases
 
 STARTED = time.monotonic()
 

@@ -16,7 +16,7 @@ from agent.store.keys import Keys
 from agent.store.store import Conversation, ConversationStore
 from bench.environment import BenchError, Env, cpu_seconds, pg_kwargs
 from bench.figures import Plan, Result, quantile
-from tests.harness.processes import FlusherProcess
+from harness.processes import FlusherProcess
 
 PRODUCERS = 16
 WARMUP = 50  # appends before measuring: connections, the script cache, the allocator

@@ -14,9 +14,9 @@ from livekit.rtc._ffi_client import FfiClient
 from agent.settings import AgentSettings, FlusherSettings, StoreSettings
 from agent.store.migrate import migrate
 from agent.store.store import ConversationStore
-from tests.harness.livekit import PrivateNetwork, binary
-from tests.harness.requirements import ci_problems
-from tests.harness.servers import PostgresServer, RedisServer
+from harness.livekit import PrivateNetwork, binary
+from harness.requirements import ci_problems
+from harness.servers import PostgresServer, RedisServer
 
 TEMPLATE_DB = "appliance_template"
 

@@ -83,7 +83,9 @@ def _user_error(exc: Exception) -> list[str] | None:
 
     if isinstance(exc, SettingsError):
         return exc.errors
-    if isinstance(exc, ApplianceError | InvalidMessage):
+    if isinstance(exc, ApplianceError):
+        return str(exc).splitlines()  # a preflight says each of its problems
+    if isinstance(exc, InvalidMessage):
         return [str(exc)]
     return None
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 @click.option("--node-ip", help="The address clients reach the bundled LiveKit at.")
 @click.option("--domain", help="The public name of the bundled LiveKit (TLS in front, see README).")
 @click.option("--yes", is_flag=True, help="Do not ask; for scripts.")
+@click.option("--host", is_flag=True, hidden=True, help="install.sh's handover: set up the box too.")
 @click.pass_obj
 def install(
     app: App,
@@ -43,10 +44,12 @@ def install(
     node_ip: str | None,
     domain: str | None,
     yes: bool,
+    host: bool,
 ) -> None:
     """Install or update the appliance: user, directories, secrets, configs, supervisord, database; then start
     it and wait until it is healthy. Safe to rerun: a second run changes and restarts nothing."""
     from agent.settings import config_path
+    from appliance.host import Host
     from appliance.install import InstallOptions
 
     if livekit_url and not (livekit_api_key and livekit_api_secret_file):
@@ -67,6 +70,7 @@ def install(
         livekit_server_bin=livekit_server_bin,
         node_ip=node_ip,
         domain=domain,
+        host=Host.from_environment() if host else None,
     )
     _run(app, options)
 

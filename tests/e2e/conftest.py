@@ -11,10 +11,10 @@ from livekit import rtc
 
 from agent.settings import AgentSettings, LiveKitSettings, WorkerSettings
 from appliance.chatclient import ChatClient
+from harness.livekit import LiveKitServer, PrivateNetwork
+from harness.processes import WorkerProcess
+from harness.servers import PostgresServer, RedisServer, free_port
 from tests.conftest import fresh_database, make_settings
-from tests.harness.livekit import LiveKitServer, PrivateNetwork
-from tests.harness.processes import WorkerProcess
-from tests.harness.servers import PostgresServer, RedisServer, free_port
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from agent.settings import AgentSettings, LiveKitSettings
-from tests.harness.processes import WorkerProcess, settings_env
-from tests.harness.servers import free_port
+from harness.processes import WorkerProcess, settings_env
+from harness.servers import free_port
 
 
 def appliance(settings: AgentSettings, workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:

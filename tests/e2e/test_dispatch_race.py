@@ -18,11 +18,11 @@ from livekit.protocol import models
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
+from harness.livekit import LiveKitServer
+from harness.processes import WorkerProcess
+from harness.servers import wait_until
 from tests.e2e.conftest import worker_settings
 from tests.e2e.test_worker import Join
-from tests.harness.livekit import LiveKitServer
-from tests.harness.processes import WorkerProcess
-from tests.harness.servers import wait_until
 
 ROOMS = 8
 GRACE_S = 2
@@ -68,7 +68,8 @@ async def test_two_workers_racing_for_orphaned_rooms_give_each_room_one_agent(
 
     def racer(tag: str) -> WorkerProcess:
         settings = worker_settings(e2e_settings, livekit_server, num_idle_processes=0, dispatch_grace_s=GRACE_S)
-        return WorkerProcess(settings, tmp_path / tag, {"APPLIANCE_BENCH_BASELINE": "spawn"})
+        # Room processes spawned afresh (bench/worker.py's "spawn"): no idle process to warm first.
+        return WorkerProcess(settings, tmp_path / tag, module="bench.worker", args=("spawn",))
 
     workers = [racer("a"), racer("b")]
     for worker in workers:

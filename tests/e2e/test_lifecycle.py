@@ -15,10 +15,10 @@ import pytest
 from agent.settings import AgentSettings, LiveKitSettings
 from agent.store.keys import Keys
 from appliance.chatclient import ChatClient, Refused
-from tests.harness.inspect import backlog, conversation_status, stored_ids
-from tests.harness.livekit import LiveKitServer
-from tests.harness.processes import FlusherProcess, WorkerProcess
-from tests.harness.servers import RedisServer, free_port, wait_until
+from harness.inspect import backlog, conversation_status, stored_ids
+from harness.livekit import LiveKitServer
+from harness.processes import FlusherProcess, WorkerProcess
+from harness.servers import RedisServer, free_port, wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 
@@ -124,9 +124,7 @@ def room_pid(worker: WorkerProcess, room: str) -> int:
 async def test_an_agent_that_fails_to_start_counts_as_a_crash(
     e2e_settings: AgentSettings, join: Join, tmp_path: Path
 ) -> None:
-    worker_settings = e2e_settings.worker.model_copy(
-        update={"agent": "tests.harness.crashing_agent:build", "max_deaths": 2}
-    )
+    worker_settings = e2e_settings.worker.model_copy(update={"agent": "harness.crashing_agent:build", "max_deaths": 2})
     worker = WorkerProcess(e2e_settings.model_copy(update={"worker": worker_settings}), tmp_path).start()
     try:
         await join("doomed", "alice")

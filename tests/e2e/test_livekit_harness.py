@@ -15,8 +15,8 @@ import pytest
 from livekit import rtc
 from livekit.protocol.room import CreateRoomRequest, ListRoomsRequest
 
-from tests.harness import livekit as harness
-from tests.harness.livekit import LiveKitServer, PrivateNetwork, is_loopback, logged_candidates
+from harness import livekit as harness
+from harness.livekit import LiveKitServer, PrivateNetwork, is_loopback, logged_candidates
 
 CHAT_TOPIC = "lk.chat"
 SAMPLE_RATE = 48000

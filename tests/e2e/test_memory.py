@@ -8,7 +8,7 @@ from pathlib import Path
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
-from tests.harness.processes import WorkerProcess
+from harness.processes import WorkerProcess
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 LIMIT_MB = 200
@@ -16,7 +16,7 @@ LIMIT_MB = 200
 
 def hog_worker(settings: AgentSettings, tmp_path: Path, *, monitor: bool) -> WorkerProcess:
     worker = settings.worker.model_copy(
-        update={"agent": "tests.harness.hog_agent:build", "job_memory_limit_mb": LIMIT_MB, "memory_monitor": monitor}
+        update={"agent": "harness.hog_agent:build", "job_memory_limit_mb": LIMIT_MB, "memory_monitor": monitor}
     )
     return WorkerProcess(settings.model_copy(update={"worker": worker}), tmp_path).start()
 

@@ -17,9 +17,9 @@ from livekit import rtc
 from agent.settings import AgentSettings, ModelSettings
 from agent.store.keys import Keys
 from appliance.chatclient import ChatClient
-from tests.harness.fake_openai import FakeOpenAI
-from tests.harness.processes import WorkerProcess
-from tests.harness.servers import wait_until
+from harness.fake_openai import FakeOpenAI
+from harness.processes import WorkerProcess
+from harness.servers import wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 

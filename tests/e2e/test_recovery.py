@@ -11,10 +11,10 @@ import psutil
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
-from tests.harness.inspect import conversation_status
-from tests.harness.livekit import LiveKitServer
-from tests.harness.processes import WorkerProcess
-from tests.harness.servers import wait_until
+from harness.inspect import conversation_status
+from harness.livekit import LiveKitServer
+from harness.processes import WorkerProcess
+from harness.servers import wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 
@@ -73,7 +73,7 @@ async def test_last_participant_leaving_ends_the_room_and_its_conversation(
 
 
 def conversations_of(settings: AgentSettings, room: str) -> list[str]:
-    from tests.harness.inspect import connect
+    from harness.inspect import connect
 
     with connect(settings) as conn:
         rows = conn.execute("SELECT id FROM conversations WHERE room = %s", (room,)).fetchall()

@@ -11,9 +11,9 @@ import pytest
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
-from tests.harness.livekit import LiveKitServer, is_loopback, logged_candidates
-from tests.harness.processes import WorkerProcess
-from tests.harness.servers import wait_until
+from harness.livekit import LiveKitServer, is_loopback, logged_candidates
+from harness.processes import WorkerProcess
+from harness.servers import wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fresh.box import (
+from harness.chroot import FreshRoot
+from harness.freshroot import (
     APPLIANCE,
+    OURS,
     DebianInstances,
     assert_state,
     debian_instances,
@@ -34,23 +36,10 @@ from tests.fresh.box import (
     run_install,
     write_config,
 )
+from harness.livekit import PrivateNetwork, is_loopback
 from tests.fresh.conftest import TIMINGS
-from tests.harness.chroot import FreshRoot
-from tests.harness.livekit import PrivateNetwork, is_loopback
 
 pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
-
-# What an appliance leaves on a box, by path; more is found by name and by owner in test 8.
-OURS = [
-    "/opt/appliance",
-    "/etc/appliance",
-    "/var/lib/appliance",
-    "/var/log/appliance",
-    "/run/appliance",
-    "/etc/systemd/system/appliance.service",
-    "/usr/local/bin/appliance",
-    "/etc/postgresql-common/createcluster.d/50-appliance.conf",
-]
 
 
 @dataclass

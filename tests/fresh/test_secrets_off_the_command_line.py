@@ -18,7 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.fresh.box import (
+from harness.chroot import FreshRoot
+from harness.freshroot import (
     SOURCE,
     assert_state,
     expected_state,
@@ -26,8 +27,7 @@ from tests.fresh.box import (
     restart_here,
     run_install,
 )
-from tests.harness.chroot import FreshRoot
-from tests.harness.livekit import LiveKitServer, PrivateNetwork
+from harness.livekit import LiveKitServer, PrivateNetwork
 
 pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
 

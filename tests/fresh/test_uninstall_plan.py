@@ -9,9 +9,10 @@ import pytest
 
 from agent.settings import StoreSettings
 from appliance.errors import ApplianceError
+from appliance.install_state import InstallState
 from appliance.layout import Layout
 from appliance.settings import ApplianceSettings, ControlSettings
-from appliance.uninstall import InstallState, Plan, our_processes, plan, uninstall
+from appliance.uninstall import Plan, our_processes, plan, uninstall
 
 STATE = """\
 # Written by install.sh on its first run

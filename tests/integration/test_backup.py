@@ -28,10 +28,10 @@ from appliance.cli import main
 from appliance.errors import ApplianceError
 from appliance.restore import restore
 from appliance.supervisor import ProcessInfo, Supervisor
+from harness.inspect import backlog, conversation_status, stored_ids
+from harness.processes import FlusherProcess, settings_env
+from harness.servers import PostgresServer, RedisServer, wait_until
 from tests.conftest import fresh_database, make_settings
-from tests.harness.inspect import backlog, conversation_status, stored_ids
-from tests.harness.processes import FlusherProcess, settings_env
-from tests.harness.servers import PostgresServer, RedisServer, wait_until
 
 OLD_SECRETS = '[redis]\npassword = "old-redis"\n\n[postgres]\npassword = "old-pg"\n\n[livekit]\napi_secret = "lk-old"\n'
 

@@ -10,9 +10,9 @@ import pytest
 from agent.settings import AgentSettings
 from agent.store.records import InvalidMessage
 from agent.store.store import ConversationStore
-from tests.harness.inspect import backlog, stored_ids
-from tests.harness.processes import FlusherProcess
-from tests.harness.servers import RedisServer, wait_until
+from harness.inspect import backlog, stored_ids
+from harness.processes import FlusherProcess
+from harness.servers import RedisServer, wait_until
 
 HOSTILE_IDS = [
     "*",

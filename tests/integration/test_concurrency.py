@@ -10,14 +10,14 @@ import pytest
 
 from agent.settings import AgentSettings
 from agent.store.store import ConversationStore
-from tests.harness.inspect import backlog, connect, stored_ids
-from tests.harness.processes import FlusherProcess, settings_env
-from tests.harness.servers import RedisServer, wait_until
+from harness.inspect import backlog, connect, stored_ids
+from harness.processes import FlusherProcess, settings_env
+from harness.servers import RedisServer, wait_until
 
 
 def spawn(settings: AgentSettings, workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.harness.appender", *args],
+        [sys.executable, "-m", "harness.appender", *args],
         env=settings_env(settings, workdir / "config"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,10 +12,10 @@ from agent.settings import AgentSettings
 from agent.store.keys import Keys
 from agent.store.spool import Spool
 from agent.store.store import ConversationStore, StoreUnavailable
+from harness.inspect import conversation_status
+from harness.processes import FlusherProcess
+from harness.servers import PostgresServer, RedisServer, wait_until
 from tests.conftest import fresh_database, make_settings
-from tests.harness.inspect import conversation_status
-from tests.harness.processes import FlusherProcess
-from tests.harness.servers import PostgresServer, RedisServer, wait_until
 
 
 def outage_settings(redis_server: RedisServer, pg: PostgresServer, tmp_path: Path) -> AgentSettings:

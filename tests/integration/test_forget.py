@@ -19,9 +19,9 @@ from agent.store.store import Conversation, ConversationStore
 from appliance.cli import main
 from appliance.errors import ApplianceError
 from appliance.forget import forget
-from tests.harness.inspect import backlog, conversation_status, stored_ids
-from tests.harness.processes import FlusherProcess, settings_env
-from tests.harness.servers import RedisServer, wait_until
+from harness.inspect import backlog, conversation_status, stored_ids
+from harness.processes import FlusherProcess, settings_env
+from harness.servers import RedisServer, wait_until
 
 
 def spooled(store: ConversationStore, conversation_id: str, content: str) -> Message:

@@ -28,9 +28,9 @@ import pytest
 
 from appliance.logs import postgres_log_lines, program_output, redis_log_lines
 from appliance.supervisor import Supervisor
-from tests.harness.livekit import binary as livekit_binary
-from tests.harness.livekit import free_udp_port
-from tests.harness.servers import free_port, pg_bindir, wait_until
+from harness.livekit import binary as livekit_binary
+from harness.livekit import free_udp_port
+from harness.servers import free_port, pg_bindir, wait_until
 
 ROOT = Path(__file__).parents[2]
 JOURNALD = Path("/lib/systemd/systemd-journald")

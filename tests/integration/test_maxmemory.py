@@ -12,10 +12,10 @@ from redis.exceptions import OutOfMemoryError
 from agent.settings import AgentSettings
 from agent.store.keys import Keys
 from agent.store.store import ConversationStore
+from harness.inspect import backlog, connect, stored_ids
+from harness.processes import FlusherProcess
+from harness.servers import PostgresServer, RedisServer, wait_until
 from tests.conftest import fresh_database, make_settings
-from tests.harness.inspect import backlog, connect, stored_ids
-from tests.harness.processes import FlusherProcess
-from tests.harness.servers import PostgresServer, RedisServer, wait_until
 
 
 @pytest.fixture

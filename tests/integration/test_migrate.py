@@ -6,7 +6,7 @@ import threading
 
 from agent.resources import migrations
 from agent.store.migrate import migrate
-from tests.harness.servers import PostgresServer
+from harness.servers import PostgresServer
 
 
 def test_migrations_apply_once_and_concurrently(pg: PostgresServer) -> None:

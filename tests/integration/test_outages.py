@@ -14,10 +14,10 @@ import redis
 
 from agent.store.records import Message
 from agent.store.store import ConversationStore
+from harness.inspect import backlog, stored_ids
+from harness.processes import FlusherProcess
+from harness.servers import PostgresServer, RedisServer, wait_until
 from tests.conftest import make_settings
-from tests.harness.inspect import backlog, stored_ids
-from tests.harness.processes import FlusherProcess
-from tests.harness.servers import PostgresServer, RedisServer, wait_until
 
 
 @pytest.mark.parametrize("appendfsync", ["everysec", "always"])

@@ -10,7 +10,7 @@ from redis.exceptions import AuthenticationError, NoPermissionError, ResponseErr
 
 from agent.store import acl
 from agent.store.redis_tier import make_client
-from tests.harness.servers import RedisServer
+from harness.servers import RedisServer
 
 PREFIX = "appl:"
 

@@ -22,9 +22,9 @@ from appliance.layout import Layout
 from appliance.settings import ApplianceSettings
 from appliance.status import DEGRADED, HEALTHY, NOT_RUNNING, Report, collect
 from appliance.supervisor import Supervisor
+from harness.processes import settings_env
+from harness.servers import PostgresServer, RedisServer, free_port, wait_until
 from tests.conftest import fresh_database, make_settings
-from tests.harness.processes import settings_env
-from tests.harness.servers import PostgresServer, RedisServer, free_port, wait_until
 
 BIN = Path(sys.executable).parent
 PROGRAMS = ("events", "flusher", "sleeper")

@@ -8,9 +8,9 @@ import pytest
 
 from agent.settings import AgentSettings
 from agent.store.store import ConversationStore
-from tests.harness.inspect import conversation_status, stored_ids
-from tests.harness.processes import FlusherProcess
-from tests.harness.servers import RedisServer, wait_until
+from harness.inspect import conversation_status, stored_ids
+from harness.processes import FlusherProcess
+from harness.servers import RedisServer, wait_until
 
 
 async def test_round_trip(store: ConversationStore, settings: AgentSettings, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from appliance.chatclient import ChatClient
-from tests.harness.appliance import InstalledAppliance
-from tests.harness.livekit import PrivateNetwork
+from harness.appliance import InstalledAppliance
+from harness.livekit import PrivateNetwork
 
 
 @pytest.fixture(autouse=True)

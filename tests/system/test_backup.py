@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from appliance.supervisor import Supervisor
-from tests.harness.appliance import InstalledAppliance
-from tests.harness.inspect import connect
-from tests.harness.servers import wait_until
+from harness.appliance import InstalledAppliance
+from harness.inspect import connect
+from harness.servers import wait_until
 
 
 def keep_rooms_open(installed: InstalledAppliance) -> None:

@@ -3,8 +3,8 @@ with a loose mode each fail with the fix (exit 1), and the appliance is left as 
 
 from __future__ import annotations
 
-from tests.harness.appliance import InstalledAppliance
-from tests.harness.servers import wait_until
+from harness.appliance import InstalledAppliance
+from harness.servers import wait_until
 
 EXPECTED = (
     "config",

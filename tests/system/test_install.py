@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.harness.appliance import InstalledAppliance
+from harness.appliance import InstalledAppliance
 
 
 def outcomes(stderr: str) -> dict[str, str]:

@@ -9,8 +9,8 @@ import re
 
 from appliance.probes import probe_worker
 from appliance.service import running_worker
-from tests.harness.appliance import InstalledAppliance
-from tests.harness.servers import wait_until
+from harness.appliance import InstalledAppliance
+from harness.servers import wait_until
 from tests.system.conftest import Join
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import psutil
 
-from tests.harness.appliance import InstalledAppliance
-from tests.harness.servers import wait_until
+from harness.appliance import InstalledAppliance
+from harness.servers import wait_until
 
 PROGRAMS = ("events", "redis", "postgres", "livekit", "flusher", "worker")
 STORES_AND_SERVICES = PROGRAMS[:-1]  # every program but the worker, which a graceful restart may have swapped

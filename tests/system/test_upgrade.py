@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.harness.appliance import REPO, InstalledAppliance, install_code
+from harness.appliance import REPO, InstalledAppliance, install_code
 from tests.system.conftest import Join
 
 MIGRATION = "900_upgrade_probe.sql"  # numbered past every real migration

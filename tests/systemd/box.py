@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness import livekit
-from tests.harness.chroot import HostNetwork, pristine_tarball
-from tests.harness.docker import Docker
-from tests.harness.livekit import PrivateNetwork
-from tests.harness.servers import wait_until
+from harness import livekit
+from harness.chroot import HostNetwork, pristine_tarball
+from harness.docker import Docker
+from harness.freshroot import install_sh_packages
+from harness.livekit import PrivateNetwork
+from harness.servers import wait_until
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 SOURCE = "/root/appliance"
@@ -80,13 +81,6 @@ SYSTEMD_RUN = (
 )  # fmt: skip
 
 
-def install_sh_packages() -> str:
-    for line in (CHECKOUT / "install.sh").read_text().splitlines():
-        if line.startswith("readonly PACKAGES=("):
-            return line.partition("(")[2].rstrip(")")
-    raise AssertionError("install.sh has no PACKAGES line")
-
-
 def image(docker: Docker, host: HostNetwork) -> str:
     base = docker.imported(pristine_tarball(host))
     with tempfile.TemporaryDirectory(prefix="appliance-image-") as context:
@@ -96,7 +90,7 @@ def image(docker: Docker, host: HostNetwork) -> str:
         cas.mkdir()
         for ca in Path("/usr/local/share/ca-certificates").glob("*.crt"):
             shutil.copyfile(ca, cas / ca.name)
-        dockerfile = DOCKERFILE.format(base=base, packages=install_sh_packages())
+        dockerfile = DOCKERFILE.format(base=base, packages=" ".join(install_sh_packages()))
         return docker.built("systemd-box", dockerfile, Path(context), [Path(context) / "requirements.txt"])
 
 

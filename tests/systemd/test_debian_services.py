@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.harness.livekit import PrivateNetwork
+from harness.livekit import PrivateNetwork
 from tests.systemd.box import APPLIANCE, SystemdBox, systemd_box
 
 pytestmark = pytest.mark.timeout(900)

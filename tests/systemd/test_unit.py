@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.livekit import PrivateNetwork, candidates_in, is_loopback
-from tests.harness.servers import wait_until
+from harness.livekit import PrivateNetwork, candidates_in, is_loopback
+from harness.servers import wait_until
 from tests.systemd.box import (
     APPLIANCE,
     CHECKOUT,
@@ -247,10 +247,10 @@ def room_pid(box: SystemdBox, room: str) -> int | None:
 
 
 def test_a_room_killed_for_memory_stops_neither_the_unit_nor_other_rooms(box: SystemdBox) -> None:
-    """The operator's agent (tests/harness/hog_agent.py, installed in the venv as an operator's would be) leaks
+    """The operator's agent (harness/hog_agent.py, installed in the venv as an operator's would be) leaks
     memory when told to: its room's process is killed at job_memory_limit_mb, the rest goes on."""
     site = box.run("/opt/appliance/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])'")
-    box.copy_in(CHECKOUT / "tests/harness/hog_agent.py", f"{site.stdout.strip()}/hog_agent.py")
+    box.copy_in(CHECKOUT / "harness/hog_agent.py", f"{site.stdout.strip()}/hog_agent.py")
     box.run(
         "sed -i 's/^\\[worker\\]$/[worker]\\nagent = \"hog_agent:build\"\\njob_memory_limit_mb = 300/'"
         " /etc/appliance/appliance.toml"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import requirements
+from harness import requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 SKIPPING = """

@@ -35,7 +35,7 @@ from appliance.logs import (
     read_files,
     redis_log_lines,
 )
-from tests.harness.servers import wait_until
+from harness.servers import wait_until
 
 ROOT = Path(__file__).parents[2]
 

@@ -32,7 +32,7 @@ from appliance.status import (
     scrub,
     verdict_line,
 )
-from tests.harness.servers import free_port
+from harness.servers import free_port
 
 UP = Supervisord(ok=True, socket="/run/appliance/supervisord.sock", pid=1)
 

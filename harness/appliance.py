@@ -23,10 +23,10 @@ from appliance.chatclient import ChatClient
 from appliance.layout import Layout
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
-from tests.harness.livekit import binary, free_udp_port
-from tests.harness.servers import free_port
+from harness.livekit import binary, free_udp_port
+from harness.servers import free_port
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[1]
 SERVICE_VENV = Path(os.environ.get("APPLIANCE_SERVICE_VENV", "/var/tmp/appliance-test-venv"))
 _venv_ready = False
 

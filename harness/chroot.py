@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.harness.servers import wait_until
+from harness.servers import wait_until
 
 CACHE_DIR = Path("/var/cache/appliance-tests")
 SUITE = "bookworm"

@@ -18,8 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.harness.chroot import HostNetwork
-from tests.harness.livekit import PrivateNetwork
+from harness.chroot import HostNetwork
+from harness.livekit import PrivateNetwork
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")  # docker.io's client, the engine's version (not another client on PATH)

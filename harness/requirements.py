@@ -1,6 +1,6 @@
 """What the whole suite needs from the machine: one table that scripts/test installs from and CI checks.
 
-``python3 -P tests/harness/requirements.py packages`` prints the Debian packages to install, space-separated
+``python3 -P harness/requirements.py packages`` prints the Debian packages to install, space-separated
 (stdlib only: it runs before the venv exists). Under CI (``APPLIANCE_CI=1``, set by .ci/run) the suite starts
 only when every tool is there and the network namespace can be made; otherwise one line says what is missing.
 """

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.harness.servers import free_port
+from harness.servers import free_port
 
 
 class FakeOpenAI:

@@ -28,7 +28,7 @@ from typing import Any
 
 from livekit.api import AccessToken, LiveKitAPI, VideoGrants
 
-from tests.harness.servers import free_port, wait_until
+from harness.servers import free_port, wait_until
 
 INSTALL_HINT = (
     "livekit-server not found: set LIVEKIT_SERVER_BIN, put livekit-server on PATH, or run "

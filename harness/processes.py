@@ -16,7 +16,7 @@ from pydantic import BaseModel, SecretStr
 from agent.settings import AgentSettings
 from agent.status_client import fetch_status
 from agent.store.keys import Keys
-from tests.harness.servers import wait_until
+from harness.servers import wait_until
 
 
 def settings_env(settings: AgentSettings, config_dir: Path) -> dict[str, str]:
@@ -48,7 +48,17 @@ class EntryPoint:
 
     module = ""
 
-    def __init__(self, settings: AgentSettings, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        module: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
+        self.module = module or self.module
+        self.args = args
         self.settings = settings
         self.env = settings_env(settings, workdir / "config") | (extra_env or {})
         self.log = workdir / f"{self.module.rpartition('.')[2]}.log"
@@ -57,7 +67,11 @@ class EntryPoint:
     def spawn(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", self.module], env=self.env, stdout=out, stderr=out, stdin=subprocess.DEVNULL
+                [sys.executable, "-m", self.module, *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+                stdin=subprocess.DEVNULL,
             )
 
     def running(self) -> bool:

@@ -1,0 +1,25 @@
+"""The box's setup: what install.sh and appliance.host agree on."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from appliance import host
+from appliance.install_state import STATE_FILE
+
+INSTALL_SH = (Path(__file__).resolve().parents[2] / "install.sh").read_text()
+
+
+def test_install_sh_installs_the_bootstrap_packages_host_records() -> None:
+    found = re.search(r"^readonly BOOTSTRAP_PACKAGES=\(([^)]*)\)", INSTALL_SH, re.MULTILINE)
+    assert found and tuple(found[1].split()) == host.BOOTSTRAP_PACKAGES
+
+
+def test_install_sh_writes_the_files_host_reads() -> None:
+    assert f"STATE_FILE={STATE_FILE} " in INSTALL_SH and f"PACKAGES_BEFORE={host.PACKAGES_BEFORE}\n" in INSTALL_SH
+    assert "APPLIANCE_SOURCE=" in INSTALL_SH and "APPLIANCE_INSTALL_LOG=" in INSTALL_SH  # Host.from_environment
+
+
+def test_install_sh_stays_a_small_bootstrap() -> None:
+    assert len(INSTALL_SH.splitlines()) < 280
