@@ -3,7 +3,7 @@ groups or probes them (render, service, install, restore, logs, status, doctor, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -61,6 +61,21 @@ class Program:
 
 _STORE_READER = frozenset({"redis", "postgres", "store"})
 
+_WORKER = Program(
+    "worker",
+    "worker",
+    50,
+    "always",
+    reads=_STORE_READER | {"worker", "models", "livekit"},
+    worker=True,
+    writes_store=True,
+    ours=True,
+    redis_user="worker",
+    ports=(Port("worker.health_port", purpose="health"), Port("worker.status_port", purpose="status")),
+    stopwaitsecs=None,
+    startsecs=5,
+)
+
 PROGRAMS: tuple[Program, ...] = (
     # TERM is Redis's clean shutdown: the AOF is flushed and fsynced before it exits.
     Program("redis", "redis", 10, "stores", ports=(Port("redis.port"),)),
@@ -103,37 +118,12 @@ PROGRAMS: tuple[Program, ...] = (
         redis_user="flusher",
     ),
     # TERM: the worker drains its rooms. worker-alt is the second worker a graceful restart starts before the
-    # running one drains.
-    Program(
-        "worker",
-        "worker",
-        50,
-        "always",
-        reads=_STORE_READER | {"worker", "models", "livekit"},
-        worker=True,
-        writes_store=True,
-        ours=True,
-        redis_user="worker",
-        ports=(Port("worker.health_port", purpose="health"), Port("worker.status_port", purpose="status")),
-        stopwaitsecs=None,
-        startsecs=5,
-    ),
-    Program(
-        "worker-alt",
-        "worker",
-        50,
-        "always",
-        reads=_STORE_READER | {"worker", "models", "livekit"},
-        worker=True,
-        writes_store=True,
-        ours=True,
-        redis_user="worker",
-        ports=(
-            Port("control.alt_health_port", purpose="health"),
-            Port("control.alt_status_port", purpose="status"),
-        ),
-        stopwaitsecs=None,
-        startsecs=5,
+    # running one drains: the same program on its own ports, not started with the others.
+    _WORKER,
+    replace(
+        _WORKER,
+        name="worker-alt",
+        ports=(Port("control.alt_health_port", purpose="health"), Port("control.alt_status_port", purpose="status")),
         autostart=False,
     ),
 )

@@ -120,7 +120,8 @@ def test_second_install_sh_changes_nothing(fresh: Fresh) -> None:
     # install.sh's steps ("install.sh: STEP OUTCOME ...") and appliance install's ("  OUTCOME  WHAT").
     steps = [line.split() for line in output.splitlines() if line.startswith("install.sh: ")]
     assert {words[2] for words in steps if words[1] != "log"} <= {"ok", "unchanged", "done"}, output
-    assert {line.split()[0] for line in output.splitlines() if line.startswith("  ")} <= {"unchanged", "healthy"}
+    outcomes = {line.split()[0] for line in output.splitlines() if line.startswith("  ")}
+    assert outcomes <= {"ok", "unchanged", "healthy"}, output
     assert {p.pid for p in root.processes()} == before, "a re-run restarted something"
     assert_state(root, fresh.state)
 
