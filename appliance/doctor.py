@@ -152,7 +152,12 @@ def version_of(command: list[str], pattern: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.group(1).split(".")) if found else None
 
 
-def _dotted(version: tuple[int, ...]) -> str:
+def livekit_server_version(binary: Path) -> tuple[int, ...] | None:
+    """What ``livekit-server --version`` says, or None when ``binary`` is not one."""
+    return version_of([str(binary), "--version"], r"^livekit-server version (\d+(?:\.\d+)*)")
+
+
+def dotted(version: tuple[int, ...]) -> str:
     return ".".join(str(part) for part in version)
 
 
@@ -167,11 +172,11 @@ def check_binaries(settings: ApplianceSettings, layout: Layout) -> Iterator[Chec
         elif redis_version < MIN_REDIS:
             yield failed(
                 "redis-server",
-                f"{binary} is {_dotted(redis_version)}, older than {_dotted(MIN_REDIS)}",
+                f"{binary} is {dotted(redis_version)}, older than {dotted(MIN_REDIS)}",
                 "install Redis >= 7.0 (Debian 12 or Ubuntu 24.04 ship it)",
             )
         else:
-            yield passed("redis-server", f"{binary} {_dotted(redis_version)}")
+            yield passed("redis-server", f"{binary} {dotted(redis_version)}")
         try:
             postgres = postgres_bindir() / "postgres"
         except FileNotFoundError as exc:
@@ -181,10 +186,10 @@ def check_binaries(settings: ApplianceSettings, layout: Layout) -> Iterator[Chec
             if pg_version is None:
                 yield failed("postgres binary", f"{postgres} does not run", "apt-get install --reinstall postgresql")
             else:
-                yield passed("postgres binary", f"{postgres} {_dotted(pg_version)}")
+                yield passed("postgres binary", f"{postgres} {dotted(pg_version)}")
     if settings.bundles_livekit:
         binary_path = settings.livekit_server.bin
-        lk_version = version_of([str(binary_path), "--version"], r"version (\d+(?:\.\d+)*)")
+        lk_version = livekit_server_version(binary_path)
         if lk_version is None:
             yield failed(
                 "livekit-server",
@@ -193,7 +198,7 @@ def check_binaries(settings: ApplianceSettings, layout: Layout) -> Iterator[Chec
                 " and livekit_server.enabled = false",
             )
         else:
-            yield passed("livekit-server", f"{binary_path} {_dotted(lk_version)}")
+            yield passed("livekit-server", f"{binary_path} {dotted(lk_version)}")
 
 
 def holders(port: int, kind: str) -> list[int | None]:

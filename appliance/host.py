@@ -8,7 +8,6 @@ python3-venv (recorded here) and the venv.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -73,13 +72,11 @@ def unit_active(unit: str) -> str:
 
 
 def livekit_version(binary: Path) -> str | None:
-    """ "1.13.5" for a livekit-server binary, else None."""
-    try:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = re.match(r"livekit-server version ([0-9][0-9A-Za-z.+-]*)", out)
-    return found[1] if found else None
+    """What a livekit-server binary says it is ("1.13.5"; doctor's reading of it), else None."""
+    from appliance.doctor import dotted, livekit_server_version
+
+    found = livekit_server_version(binary)
+    return dotted(found) if found else None
 
 
 def bundled_livekit_version() -> str:

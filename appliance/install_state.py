@@ -15,7 +15,7 @@ DEBIAN_SERVICES = ("redis-server.service", "postgresql.service")
 
 
 def state_key(unit: str) -> str:
-    """ "redis-server.service" -> "REDIS_SERVER"."""
+    """The state file's key of a unit: redis-server.service -> REDIS_SERVER."""
     return unit.removesuffix(".service").replace("-", "_").upper()
 
 

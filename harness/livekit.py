@@ -59,11 +59,9 @@ def binary() -> Path:
 
 
 def is_livekit_server(path: str) -> bool:
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, timeout=10, check=False, text=True)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return out.stdout.startswith("livekit-server")
+    from appliance.host import livekit_version
+
+    return livekit_version(Path(path)) is not None
 
 
 def free_udp_port() -> int:

@@ -23,3 +23,14 @@ def test_install_sh_writes_the_files_host_reads() -> None:
 
 def test_install_sh_stays_a_small_bootstrap() -> None:
     assert len(INSTALL_SH.splitlines()) < 280
+
+
+def test_a_livekit_server_is_known_by_what_it_says(tmp_path: Path) -> None:
+    fake = tmp_path / "livekit-server"
+    fake.write_text("#!/bin/sh\necho 'livekit-server version 1.13.5'\n")
+    fake.chmod(0o755)
+    other = tmp_path / "other"
+    other.write_text("#!/bin/sh\necho 'redis-server version 7.0.15'\n")
+    other.chmod(0o755)
+    assert host.livekit_version(fake) == "1.13.5"
+    assert host.livekit_version(other) is None and host.livekit_version(tmp_path / "absent") is None
