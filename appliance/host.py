@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance import systemd
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
 from appliance.install_state import DEBIAN_SERVICES, STATE_FILE, InstallState, state_key
@@ -49,26 +50,6 @@ def package_installed(package: str) -> bool:
         ["dpkg-query", "-W", "-f=${db:Status-Abbrev}", package], capture_output=True, text=True, check=False
     )
     return done.stdout.startswith("ii")
-
-
-def systemd_running() -> bool:
-    return Path("/run/systemd/system").is_dir()
-
-
-def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
-    """systemctl against the running systemd, or against the unit files when there is none (a container, a chroot)."""
-    root = [] if systemd_running() else ["--root=/"]
-    return subprocess.run(["systemctl", *root, *args], capture_output=True, text=True, check=False)
-
-
-def unit_enabled(unit: str) -> str:
-    if shutil.which("systemctl") is None:
-        return "unknown"
-    return systemctl("is-enabled", unit).stdout.strip() or "absent"
-
-
-def unit_active(unit: str) -> str:
-    return systemctl("is-active", unit).stdout.strip() if systemd_running() else "unknown"
 
 
 def livekit_version(binary: Path) -> str | None:
@@ -126,8 +107,8 @@ def record_state(config_file: Path, report: Report) -> InstallState:
         for unit in DEBIAN_SERVICES:
             key = state_key(unit)
             values[f"{key}_PACKAGE"] = "installed" if package_installed(unit.removesuffix(".service")) else "absent"
-            values[f"{key}_ENABLED"] = unit_enabled(unit)
-            values[f"{key}_ACTIVE"] = unit_active(unit)
+            values[f"{key}_ENABLED"] = systemd.query("is-enabled", unit)
+            values[f"{key}_ACTIVE"] = systemd.query("is-active", unit)
         values |= {"PACKAGES_ADDED": " ".join(added), "SERVICES_DISABLED": ""}
         state = InstallState(STATE_FILE, values)
         state.write()
@@ -188,11 +169,11 @@ def ensure_debian_services_off(state: InstallState, report: Report) -> None:
     for service in state.services:
         if service.package_before != "absent":
             continue
-        if systemd_running() and unit_active(service.unit) == "active":
-            systemctl("stop", service.unit)
+        if systemd.query("is-active", service.unit) == "active":
+            systemd.systemctl("stop", service.unit)
             changed.append(f"stopped {service.unit}")
-        if unit_enabled(service.unit) == "enabled":
-            systemctl("disable", "-q", service.unit)
+        if systemd.query("is-enabled", service.unit) == "enabled":
+            systemd.systemctl("disable", "-q", service.unit)
             changed.append(f"disabled {service.unit}")
         state.add("SERVICES_DISABLED", service.unit)
     report("changed" if changed else "unchanged", "Debian's services" + (f" ({', '.join(changed)})" if changed else ""))

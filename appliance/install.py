@@ -24,7 +24,7 @@ from typing import Any
 import tomlkit
 
 from agent.settings import load_settings
-from appliance import host, service
+from appliance import host, service, systemd
 from appliance import programs as registry
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
@@ -102,7 +102,7 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     if settings.runs_stores:
         _ensure_database(settings, report)
     if not outcome.started and state:
-        if unit_changed and service.systemd_runs():
+        if unit_changed and systemd.runs():
             outcome.restarted = _restart_unit(layout, report)
         else:
             outcome.restarted = _apply_changes(settings, layout, changed, report)
@@ -325,10 +325,10 @@ def _ensure_unit(settings: ApplianceSettings, layout: Layout, report: Report) ->
     )
     layout.unit_dir.mkdir(parents=True, exist_ok=True)
     changed = _write(layout.unit_file, text, mode=0o644, owner=(0, 0), what="systemd unit", report=report)
-    if service.systemd_runs():
+    if systemd.runs():
         if changed:
-            service.systemctl("daemon-reload")
-        service.systemctl("enable", layout.unit_file.name)
+            systemd.systemctl("daemon-reload")
+        systemd.systemctl("enable", layout.unit_file.name)
     return changed
 
 
@@ -336,7 +336,7 @@ def _restart_unit(layout: Layout, report: Report) -> list[str]:
     """A changed unit applies only to processes it starts (its sandbox, its limits): restart the service. The stop
     is the graceful one (the worker drains, open rooms are interrupted and resumed once it is back); it also
     applies every other change, since every program starts anew."""
-    service.systemctl("restart", UNIT_NAME)
+    systemd.systemctl("restart", UNIT_NAME)
     sup = Supervisor(layout.supervisor_socket)
     deadline = time.monotonic() + 60
     while not sup.answers():

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from appliance import systemd
 from appliance.errors import ApplianceError
 from appliance.layout import Layout
 from appliance.probes import probe_worker
@@ -20,22 +21,13 @@ from appliance.unit import UNIT_NAME, worker_stopwaitsecs
 Progress = Callable[[str], None]
 
 
-def systemd_runs() -> bool:
-    """Whether systemd is PID 1 (not in a container, a chroot or this CI machine)."""
-    return Path("/run/systemd/system").is_dir()
-
-
-def systemctl(*args: str) -> None:
-    subprocess.run(["systemctl", *args], check=True, capture_output=True, text=True)
-
-
 def start(settings: ApplianceSettings, layout: Layout, *, timeout_s: float = 60) -> bool:
     """Start supervisord unless it already answers; returns whether it was started now."""
     sup = Supervisor(layout.supervisor_socket)
     if sup.answers():
         return False
-    if systemd_runs() and layout.unit_file.exists():
-        systemctl("start", UNIT_NAME)
+    if systemd.runs() and layout.unit_file.exists():
+        systemd.systemctl("start", UNIT_NAME)
     else:
         _start_background(settings, layout)
     deadline = time.monotonic() + timeout_s
@@ -92,8 +84,8 @@ def stop(settings: ApplianceSettings, layout: Layout) -> bool:
     sup = Supervisor(layout.supervisor_socket)
     if not sup.answers():
         return False
-    if systemd_runs() and layout.unit_file.exists():
-        systemctl("stop", UNIT_NAME)
+    if systemd.runs() and layout.unit_file.exists():
+        systemd.systemctl("stop", UNIT_NAME)
         return True
     sup.shutdown()
     # supervisord stops its programs in reverse priority order, the worker's drain first.

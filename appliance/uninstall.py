@@ -23,12 +23,13 @@ from pathlib import Path
 
 import psutil
 
+from appliance import systemd
 from appliance.errors import ApplianceError
 from appliance.install_state import STATE_FILE, InstallState
 from appliance.layout import Layout
-from appliance.service import systemd_runs
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor, SupervisorDenied, SupervisorDown
+from appliance.systemd import systemctl
 from appliance.unit import UNIT_NAME
 
 # Directories never deleted whole, whatever a setting says.
@@ -143,7 +144,7 @@ def plan(settings: ApplianceSettings, layout: Layout, *, purge: bool, state_file
         purge=purge,
         state_file=state_file,
         state=state,
-        systemd=systemd_runs(),
+        systemd=systemd.runs(),
     )
 
 
@@ -179,7 +180,7 @@ def _stop(plan: Plan, timeout_s: float, report: Report, progress: Progress) -> N
     unit = plan.layout.unit_file
     if plan.systemd and unit.exists():
         progress(f"stopping {UNIT_NAME} (the worker drains its rooms first: up to {timeout_s:.0f} s)")
-        _systemctl("disable", "--now", UNIT_NAME)
+        systemctl("disable", "--now", UNIT_NAME)
         report.add(f"stopped and disabled {UNIT_NAME}", progress)
         return
     sup = Supervisor(plan.layout.supervisor_socket)
@@ -200,14 +201,6 @@ def _stop(plan: Plan, timeout_s: float, report: Report, progress: Progress) -> N
     if not _wait_gone([pid], timeout_s):
         raise ApplianceError(f"supervisord (pid {pid}) did not stop within {timeout_s:.0f} s: see `appliance logs`")
     report.add(f"stopped the appliance (supervisord pid {pid})", progress)
-
-
-def _systemctl(*args: str) -> None:
-    try:
-        subprocess.run(["systemctl", *args], check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        reason = (exc.stderr or exc.stdout or "").strip().splitlines()
-        raise ApplianceError(f"systemctl {' '.join(args)} failed: {reason[-1] if reason else exc.returncode}") from None
 
 
 def our_processes(plan: Plan) -> list[psutil.Process]:
@@ -312,7 +305,7 @@ def _remove_unit(plan: Plan, report: Report, progress: Progress) -> None:
     if unit.exists() or unit.is_symlink():
         unit.unlink()
         if plan.systemd:
-            _systemctl("daemon-reload")
+            systemctl("daemon-reload")
         report.add(f"removed {unit}", progress)
 
 
@@ -320,29 +313,23 @@ def _restore_debian_services(plan: Plan, report: Report, progress: Progress) -> 
     """Each Debian service back to how install.sh found it: one that came with a package it added stays off."""
     if not plan.state or not shutil.which("systemctl"):
         return
-    offline = [] if plan.systemd else ["--root=/"]
     for service in plan.state.services:
-        enabled = _unit_query(offline, "is-enabled", service.unit)
+        enabled = systemd.query("is-enabled", service.unit)
         want_enabled = not (service.package_before == "absent" or service.enabled_before != "enabled")
         if want_enabled and enabled != "enabled":
-            _systemctl(*offline, "enable", service.unit)
+            systemctl("enable", service.unit)
             report.add(f"re-enabled Debian's {service.unit}, as it was", progress)
         elif not want_enabled and enabled == "enabled" and service.package_before == "absent":
-            _systemctl(*offline, "disable", service.unit)
+            systemctl("disable", service.unit)
             report.add(f"disabled Debian's {service.unit}, which came with install.sh's packages", progress)
         if plan.systemd:
-            active = _unit_query([], "is-active", service.unit)
+            active = systemd.query("is-active", service.unit)
             if service.active_before == "active" and active != "active":
-                _systemctl("start", service.unit)
+                systemctl("start", service.unit)
                 report.add(f"started Debian's {service.unit}, as it was", progress)
             elif service.package_before == "absent" and active == "active":
-                _systemctl("stop", service.unit)
+                systemctl("stop", service.unit)
                 report.add(f"stopped Debian's {service.unit}, which came with install.sh's packages", progress)
-
-
-def _unit_query(prefix: list[str], verb: str, unit: str) -> str:
-    out = subprocess.run(["systemctl", *prefix, verb, unit], capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "absent"
 
 
 def _remove_user(user: str, report: Report, progress: Progress) -> None:
