@@ -64,6 +64,9 @@ class Redis(BaseModel):
     maxmemory_mb: float | None = None  # None: no cap set
     used_ratio: float | None = None
     evicted_keys: int | None = None
+    keys: int | None = None
+    keyspace_hits: int | None = None
+    keyspace_misses: int | None = None
     stream_length: int | None = None  # write-ahead entries not yet flushed and deleted
     pending: int | None = None  # of those, read by the flusher and not yet acknowledged
 
@@ -181,7 +184,8 @@ def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
         pipe = client.pipeline(transaction=False)
         pipe.xlen(keys.stream)
         pipe.hgetall(keys.flusher_stats)
-        stream_length, published = pipe.execute()
+        pipe.dbsize()
+        stream_length, published, key_count = pipe.execute()
         pending = None
         if stream_length:
             try:
@@ -196,6 +200,9 @@ def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
         maxmemory_mb=round(cap / 2**20, 1) if cap else None,
         used_ratio=round(used / cap, 3) if cap else None,
         evicted_keys=int(stats.get("evicted_keys", 0)),
+        keys=int(key_count),
+        keyspace_hits=int(stats.get("keyspace_hits", 0)),
+        keyspace_misses=int(stats.get("keyspace_misses", 0)),
         stream_length=int(stream_length),
         pending=pending if stream_length else 0,
     )

@@ -32,7 +32,7 @@ class Program:
     # The two workers of a graceful restart are one service.
     service: str
     priority: int  # supervisord starts programs in ascending priority and stops them in reverse
-    runs: Literal["always", "stores", "livekit"]  # on every box, with the box's own stores, with bundled LiveKit
+    runs: Literal["always", "stores", "livekit", "metrics"]  # every box, own stores, bundled LiveKit, [metrics] on
     reads: frozenset[str] = frozenset()  # settings sections whose change restarts it (its rendered files aside)
     worker: bool = False  # one of the two workers a graceful restart alternates between
     writes_store: bool = False  # writes conversations: stopped for a restore, first
@@ -53,6 +53,8 @@ class Program:
             return settings.runs_stores
         if self.runs == "livekit":
             return settings.bundles_livekit
+        if self.runs == "metrics":
+            return settings.metrics.enabled
         return True
 
     def port(self, purpose: str, settings: ApplianceSettings) -> int:
@@ -105,6 +107,17 @@ PROGRAMS: tuple[Program, ...] = (
             Port("livekit_server.rtc_udp_port", "udp"),
             Port("livekit_server.rtc_tcp_port"),  # 0: ICE over TCP off
         ),
+    ),
+    # The exporter and health endpoint: it asks what `appliance status` asks, on each scrape.
+    Program(
+        "metrics",
+        "metrics",
+        35,
+        "metrics",
+        reads=frozenset({"metrics", "redis", "postgres", "store", "livekit", "worker", "control"}),
+        ours=True,
+        ports=(Port("metrics.port"), Port("metrics.health_port")),
+        stopwaitsecs=10,
     ),
     # TERM: the flusher writes what it has read, acknowledges it and exits.
     Program(

@@ -65,6 +65,7 @@ def _command(name: str, settings: ApplianceSettings, layout: Layout) -> str:
         "redis": lambda: f"{redis_server()} {layout.redis_conf}",
         "postgres": lambda: f"{postgres_bindir() / 'postgres'} -c config_file={layout.postgres_conf}",
         "livekit": lambda: f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
+        "metrics": lambda: f"{python} -m appliance.metrics",
         "flusher": lambda: f"{python} -m agent.flusher",
         "worker": lambda: f"{python} -m agent.worker",
         "worker-alt": lambda: f"{python} -m agent.worker",

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from agent.settings import AgentSettings, Section, load_settings
 
@@ -26,6 +26,33 @@ class ControlSettings(Section):
     # The second worker a graceful restart starts before the first one drains: its own loopback ports.
     alt_health_port: int = Field(8083, ge=1, le=65535)
     alt_status_port: int = Field(8084, ge=1, le=65535)
+
+
+class MetricsSettings(Section):
+    """The exporter (Prometheus text format, /metrics) and the health endpoint (/health), one program."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = Field(9464, ge=1, le=65535)
+    # The health endpoint's own address, so that a load balancer or a Kubernetes probe can be given another.
+    health_bind: str = "127.0.0.1"
+    health_port: int = Field(8085, ge=1, le=65535)
+    # Room names as labels of the per-room series: off by default, since a room name can be personal.
+    room_names: bool = False
+    # Required of scrapers (Authorization: Bearer ...) when set; needed when bind is not loopback.
+    token: SecretStr | None = None
+
+    @field_validator("bind", "health_bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _token_beyond_loopback(self) -> Self:
+        if not ipaddress.ip_address(self.bind).is_loopback and self.token is None:
+            raise ValueError("metrics.bind beyond loopback needs metrics.token in secrets.toml (scrapers send it)")
+        return self
 
 
 class LiveKitServerSettings(Section):
@@ -59,6 +86,7 @@ class ApplianceSettings(AgentSettings):
 
     control: ControlSettings = ControlSettings()
     livekit_server: LiveKitServerSettings = LiveKitServerSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _bundled_livekit_is_for_role_all(self) -> Self:

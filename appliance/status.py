@@ -169,6 +169,25 @@ def _store_problems(redis: Redis, postgres: Postgres, flusher: Flusher, *, judge
         yield f"flusher: lagging {flusher.lag_ms / 1000:.0f} s behind (is PostgreSQL slow or down?)"
 
 
+def unserviceable(report: Report) -> list[str]:
+    """Why this box cannot serve rooms now (empty when it can): no worker registered with LiveKit, Redis or
+    PostgreSQL unreachable, the flusher lagging, a program crash-looping. The health endpoint answers 503 for these;
+    other problems make the verdict degraded but the box still serves."""
+    reasons = []
+    if not report.supervisord.ok:
+        reasons.append(report.supervisord.error or "supervisord does not answer")
+    if not any(w.ok and w.registered and not w.draining for w in report.workers):
+        reasons.append("no worker registered with LiveKit takes rooms")
+    if not report.redis.ok:
+        reasons.append(f"redis: {report.redis.error}")
+    if not report.postgres.ok:
+        reasons.append(f"postgres: {report.postgres.error}")
+    if report.flusher.lag_ms is not None and report.flusher.lag_ms >= FLUSHER_LAG_HIGH_MS:
+        reasons.append(f"flusher: lagging {report.flusher.lag_ms / 1000:.0f} s behind")
+    reasons += [f"{p.name} is crash-looping" for p in report.programs if p.crash_loop]
+    return reasons
+
+
 def verdict_line(code: int, problems: list[str], programs: list[Program], workers: list[Worker]) -> str:
     state = STATE_OF_CODE[code]
     if code == HEALTHY:

@@ -89,6 +89,9 @@ run_dir = "{p}/run/appliance"
 unit_dir = "{p}/etc/systemd/system"
 alt_health_port = {free_port()}
 alt_status_port = {free_port()}
+[metrics]
+port = {free_port()}
+health_port = {free_port()}
 [livekit_server]
 bin = "{p}/opt/appliance/bin/livekit-server"
 port = {free_port()}

@@ -12,22 +12,26 @@ def test_a_restore_stops_the_workers_before_the_flusher() -> None:
 
 
 def test_services_are_in_start_order_and_the_two_workers_are_one() -> None:
-    assert programs.SERVICES == ("redis", "postgres", "livekit", "flusher", "worker")
+    assert programs.SERVICES == ("redis", "postgres", "livekit", "metrics", "flusher", "worker")
     assert programs.service_of("worker-alt") == "worker" and programs.LOGGED[0] == "supervisord"
 
 
 def test_a_settings_section_restarts_its_readers_only() -> None:
     assert programs.readers("models") == {"worker"}
-    assert programs.readers("redis") == {"worker", "flusher"}
+    assert programs.readers("redis") == {"worker", "flusher", "metrics"}
+    assert programs.readers("metrics") == {"metrics"}
     assert programs.readers("livekit_server") == frozenset()  # its rendered file restarts livekit
 
 
 def test_a_worker_box_runs_and_listens_for_its_own_programs_only() -> None:
     box = ApplianceSettings(**SECRETS, control={"role": "worker"}, livekit_server={"enabled": False})  # type: ignore[arg-type]
-    assert [p.name for p in programs.on_this_box(box)] == ["flusher", "worker", "worker-alt"]
+    assert [p.name for p in programs.on_this_box(box)] == ["metrics", "flusher", "worker", "worker-alt"]
     assert {setting for setting, _, _ in programs.ports(box)} == {
-        "worker.health_port", "worker.status_port", "control.alt_health_port", "control.alt_status_port"
+        "metrics.port", "metrics.health_port",
+        "worker.health_port", "worker.status_port", "control.alt_health_port", "control.alt_status_port",
     }  # fmt: skip
+    quiet = ApplianceSettings(**SECRETS, metrics={"enabled": False})  # type: ignore[arg-type]
+    assert "metrics" not in [p.name for p in programs.on_this_box(quiet)]
 
 
 def test_the_second_worker_is_told_its_own_ports_and_supervisord_gets_the_registrys_order() -> None:

@@ -30,7 +30,7 @@ def test_programs_start_in_order_and_the_worker_stops_gracefully() -> None:
     conf = supervisord(rendered()["supervisord.conf"])
     programs = {s.removeprefix("program:"): conf[s] for s in conf.sections() if s.startswith("program:")}
     order = sorted(programs, key=lambda name: int(programs[name]["priority"]))
-    assert order[:5] == ["redis", "postgres", "livekit", "flusher", "worker"]
+    assert order[:6] == ["redis", "postgres", "livekit", "metrics", "flusher", "worker"]
     worker = programs["worker"]
     assert worker["stopsignal"] == "TERM"
     assert (worker["stopasgroup"], worker["killasgroup"]) == ("false", "true")
@@ -60,12 +60,12 @@ def test_redis_is_capped_and_durable_and_postgres_is_loopback_only() -> None:
     assert {rule[3] for rule in hba if rule[0] == "host"} == {"127.0.0.1/32", "::1/128"}
 
 
-def test_a_worker_box_runs_only_the_flusher_and_the_worker() -> None:
+def test_a_worker_box_runs_only_the_exporter_the_flusher_and_the_worker() -> None:
     files = rendered(control={"role": "worker"}, livekit_server={"enabled": False})
     assert set(files) == {"supervisord.conf"}
     conf = supervisord(files["supervisord.conf"])
     assert {s for s in conf.sections() if s.startswith("program:")} == {
-        "program:flusher", "program:worker", "program:worker-alt"}  # fmt: skip
+        "program:metrics", "program:flusher", "program:worker", "program:worker-alt"}  # fmt: skip
 
 
 def test_bundled_livekit_faces_clients_unless_loopback_only() -> None:

@@ -1,0 +1,251 @@
+"""The exporter and the health endpoint: ``python -m appliance.metrics``, the supervised program "metrics".
+
+Each scrape asks the same probes and verdict as ``appliance status`` (appliance.status.collect) and the box's own
+figures (psutil), and turns them into Prometheus series: nothing is kept between scrapes, so the series of an ended
+room or a stopped program are gone with it. /health answers the verdict: 200 when healthy or degraded (the verdict
+in the body), 503 otherwise. Both listen on their own address ([metrics] bind/port, health_bind/health_port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import psutil
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from appliance import status
+from appliance.layout import Layout
+
+if TYPE_CHECKING:
+    from appliance.settings import ApplianceSettings
+
+log = logging.getLogger("appliance.metrics")
+MB = 2**20
+
+
+def families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
+    """The series of one status report."""
+    verdict = "`appliance status`'s exit code: 0 healthy, 1 degraded, 3 not running, 4 unknown"
+    yield from _one(GaugeMetricFamily, "appliance_health", verdict, report.exit_code)
+
+    up = GaugeMetricFamily("appliance_program_up", "1 when the supervised program runs", labels=["program"])
+    restarts = CounterMetricFamily(
+        "appliance_program_restarts", "Automatic restarts since supervisord started", labels=["program"]
+    )
+    crash_loop = GaugeMetricFamily(
+        "appliance_program_crash_loop", "1 when the program is crash-looping", labels=["program"]
+    )
+    pss = GaugeMetricFamily(
+        "appliance_program_pss_bytes", "PSS of the program and its descendants (a worker's rooms)", labels=["program"]
+    )
+    for program in report.programs:
+        up.add_metric([program.name], program.state == "RUNNING")
+        crash_loop.add_metric([program.name], program.crash_loop)
+        if program.restarts is not None:
+            restarts.add_metric([program.name], program.restarts)
+        if program.pss_mb is not None:
+            pss.add_metric([program.name], program.pss_mb * MB)
+    yield from (up, restarts, crash_loop, pss)
+
+    yield from _worker_families(report, room_names=room_names)
+    yield from _store_families(report)
+    yield from _box_families()
+
+
+def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
+    registered = GaugeMetricFamily(
+        "appliance_worker_registered", "1 when the worker is registered with LiveKit", labels=["worker"]
+    )
+    draining = GaugeMetricFamily("appliance_worker_draining", "1 while the worker drains", labels=["worker"])
+    rooms = GaugeMetricFamily("appliance_rooms_active", "Rooms with a process of this box", labels=["worker"])
+    crashes = CounterMetricFamily(
+        "appliance_room_crashes", "Room processes that died, by cause (memory: killed over its limit)",
+        labels=["worker", "cause"],
+    )  # fmt: skip
+    events = CounterMetricFamily(
+        "appliance_room_events", "Re-dispatches, reconciled orphans and give-ups", labels=["worker", "event"]
+    )
+    room_labels = ["worker", "room"] if room_names else ["worker"]
+    room_pss = GaugeMetricFamily(
+        "appliance_room_pss_bytes" if room_names else "appliance_rooms_pss_bytes",
+        "PSS of each room's process" if room_names else "PSS of every room process, summed",
+        labels=room_labels,
+    )
+    largest = GaugeMetricFamily("appliance_room_pss_max_bytes", "PSS of the largest room process", labels=["worker"])
+    for worker in report.workers:
+        if not worker.ok:
+            continue
+        name = worker.program
+        registered.add_metric([name], worker.registered)
+        draining.add_metric([name], worker.draining)
+        rooms.add_metric([name], len(worker.rooms))
+        for cause, count in (worker.counters.get("crashes") or {}).items():
+            crashes.add_metric([name, cause], count)
+        for event in ("redispatches", "reconciled", "given_up"):
+            if event in worker.counters:
+                events.add_metric([name, event], worker.counters[event])
+        sizes = [(room.room, room.pss_mb * MB) for room in worker.rooms if room.pss_mb is not None]
+        if room_names:
+            for room, size in sizes:
+                room_pss.add_metric([name, room], size)
+        else:
+            room_pss.add_metric([name], sum(size for _, size in sizes))
+        largest.add_metric([name], max((size for _, size in sizes), default=0))
+    yield from (registered, draining, rooms, crashes, events, room_pss, largest)
+
+
+def _one(
+    kind: type[GaugeMetricFamily | CounterMetricFamily], name: str, text: str, value: float | None
+) -> Iterator[Metric]:
+    """A series without labels, when its value is known."""
+    if value is not None:
+        family = kind(name, text)
+        family.add_metric([], value)
+        yield family
+
+
+def _store_families(report: status.Report) -> Iterator[Metric]:
+    redis, postgres, flusher = report.redis, report.postgres, report.flusher
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+    yield from _one(gauge, "appliance_redis_up", "1 when Redis answers", redis.ok)
+    if redis.ok:
+        yield from _one(gauge, "appliance_redis_used_memory_bytes", "Redis used_memory", (redis.used_mb or 0) * MB)
+        yield from _one(gauge, "appliance_redis_maxmemory_bytes", "maxmemory (0: none)", (redis.maxmemory_mb or 0) * MB)
+        yield from _one(gauge, "appliance_redis_keys", "Keys in the appliance's database", redis.keys)
+        yield from _one(
+            gauge, "appliance_redis_stream_length", "Write-ahead entries not yet flushed", redis.stream_length
+        )
+        yield from _one(
+            gauge, "appliance_redis_stream_pending", "Of those, read and not yet acknowledged", redis.pending
+        )
+        yield from _one(counter, "appliance_redis_evicted_keys", "Keys evicted at maxmemory", redis.evicted_keys)
+        yield from _one(counter, "appliance_redis_keyspace_hits", "Key lookups that found it", redis.keyspace_hits)
+        yield from _one(counter, "appliance_redis_keyspace_misses", "Key lookups that did not", redis.keyspace_misses)
+    yield from _one(gauge, "appliance_postgres_up", "1 when PostgreSQL answers", postgres.ok)
+    if postgres.ok:
+        size = None if postgres.size_mb is None else postgres.size_mb * MB
+        yield from _one(gauge, "appliance_postgres_size_bytes", "Size of the appliance's database", size)
+        yield from _one(gauge, "appliance_postgres_connections", "Client connections", postgres.connections)
+        yield from _one(gauge, "appliance_postgres_max_connections", "max_connections", postgres.max_connections)
+    yield from _one(gauge, "appliance_flusher_up", "1 when the flusher publishes its figures", flusher.ok)
+    if flusher.ok:
+        lag = None if flusher.lag_ms is None else flusher.lag_ms / 1000
+        yield from _one(gauge, "appliance_flusher_lag_seconds", "Age of the oldest entry not yet stored", lag)
+        yield from _one(gauge, "appliance_flusher_backlog", "Entries waiting", flusher.backlog)
+        yield from _one(gauge, "appliance_flusher_spool_files", "Spool files waiting", flusher.spool_files)
+        yield from _one(counter, "appliance_flusher_persisted", "Entries written to PostgreSQL", flusher.persisted)
+        yield from _one(counter, "appliance_flusher_errors", "Failed flushes", flusher.errors)
+        yield from _one(counter, "appliance_flusher_dead_lettered", "Entries set aside", flusher.dead_lettered)
+
+
+def _box_families() -> Iterator[Metric]:
+    yield from _one(GaugeMetricFamily, "appliance_box_memory_available_bytes", "Memory available to new processes",
+                    psutil.virtual_memory().available)  # fmt: skip
+    yield from _one(GaugeMetricFamily, "appliance_box_cpu_utilisation", "CPU busy since the previous scrape, 0..1",
+                    psutil.cpu_percent(interval=None) / 100)  # fmt: skip
+    network = CounterMetricFamily("appliance_box_network_bytes", "Bytes through every interface", labels=["direction"])
+    counters = psutil.net_io_counters()
+    network.add_metric(["received"], counters.bytes_recv)
+    network.add_metric(["sent"], counters.bytes_sent)
+    yield network
+
+
+class ReportCollector(Collector):
+    """A registry's collector over one status report, taken by the scrape that asks."""
+
+    def __init__(self, report: status.Report, *, room_names: bool) -> None:
+        self.report, self.room_names = report, room_names
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.report, room_names=self.room_names)
+
+
+def exposition(report: status.Report, *, room_names: bool) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReportCollector(report, room_names=room_names))
+    return generate_latest(registry)
+
+
+def health_body(report: status.Report) -> tuple[int, str]:
+    """The health endpoint's answer, its HTTP status and JSON body: 503 when the box cannot serve rooms
+    (status.unserviceable), else 200 with the verdict, healthy or degraded."""
+    reasons = status.unserviceable(report)
+    body = {"state": report.state, "verdict": report.verdict, "problems": report.problems, "unserviceable": reasons}
+    return (503 if reasons else 200), json.dumps(body)
+
+
+def authorized(header: str, token: str | None) -> bool:
+    """Whether an Authorization header carries the bearer token (always, when none is set)."""
+    return token is None or hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+
+# ---- the program ------------------------------------------------------------------------------------------------
+
+
+def make_apps(settings: ApplianceSettings, layout: Layout) -> tuple[web.Application, web.Application]:
+    token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
+
+    async def report() -> status.Report:
+        return await asyncio.get_running_loop().run_in_executor(None, status.collect, settings, layout)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if not authorized(request.headers.get("Authorization", ""), token):
+            return web.Response(status=401, text="a bearer token is required\n")
+        body = exposition(await report(), room_names=settings.metrics.room_names)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health(_: web.Request) -> web.Response:
+        code, body = health_body(await report())
+        return web.Response(status=code, text=body + "\n", content_type="application/json")
+
+    metrics_app, health_app = web.Application(), web.Application()
+    metrics_app.router.add_get("/metrics", metrics)
+    health_app.router.add_get("/health", health)
+    return metrics_app, health_app
+
+
+async def serve(settings: ApplianceSettings, layout: Layout) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runners = []
+    m = settings.metrics
+    metrics_app, health_app = make_apps(settings, layout)
+    for app, host, port in ((metrics_app, m.bind, m.port), (health_app, m.health_bind, m.health_port)):
+        # shutdown_timeout 0: a scraper's keep-alive connection never holds up a stop.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.0)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        runners.append(runner)
+    log.info(
+        "metrics on http://%s:%d/metrics, health on http://%s:%d/health", m.bind, m.port, m.health_bind, m.health_port
+    )
+    await stop.wait()
+    for runner in runners:
+        await runner.cleanup()
+
+
+def main() -> None:
+    from agent.logs import setup_logging
+    from agent.settings import config_path, load_or_exit
+    from appliance.settings import ApplianceSettings
+
+    setup_logging()
+    settings = load_or_exit(ApplianceSettings)
+    setup_logging(settings.logging)
+    asyncio.run(serve(settings, Layout.of(settings, config_path(os.environ))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The exporter's series and the health endpoint's answer, from a status report (the verdict's own rules are
+tests/unit/test_status.py's)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from appliance.metrics import authorized, exposition, health_body
+from appliance.probes import Postgres, Redis, Room
+from appliance.status import Report
+from tests.unit.test_status import FLUSHER, PG, REDIS, UP, registered, running, whole
+
+ROOMS = [Room(room="ann's room", pid=200, pss_mb=80.0), Room(room="bob's room", pid=201, pss_mb=120.0)]
+
+
+def report(**fields: object) -> Report:
+    values: dict[str, object] = {
+        "state": "healthy", "exit_code": 0, "verdict": "healthy: 6 programs running, 2 rooms", "problems": [],
+        "supervisord": UP, "programs": whole(), "redis": REDIS, "postgres": PG, "flusher": FLUSHER, "collected_at": 0,
+        "workers": [registered(rooms=ROOMS, counters={"crashes": {"memory": 2}, "redispatches": 3, "given_up": 0})],
+    }  # fmt: skip
+    return Report.model_validate({**values, **fields})
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+    }
+
+
+def test_the_series_say_what_status_says() -> None:
+    found = samples(exposition(report(), room_names=False))
+    assert found[("appliance_health", ())] == 0
+    assert found[("appliance_rooms_active", (("worker", "worker"),))] == 2
+    assert found[("appliance_rooms_pss_bytes", (("worker", "worker"),))] == 200 * 2**20
+    assert found[("appliance_room_pss_max_bytes", (("worker", "worker"),))] == 120 * 2**20
+    assert found[("appliance_room_crashes_total", (("cause", "memory"), ("worker", "worker")))] == 2
+    assert found[("appliance_room_events_total", (("event", "redispatches"), ("worker", "worker")))] == 3
+    assert found[("appliance_program_up", (("program", "worker-alt"),))] == 0
+    assert found[("appliance_program_up", (("program", "redis"),))] == 1
+    assert found[("appliance_redis_maxmemory_bytes", ())] == 2048 * 2**20
+    assert found[("appliance_postgres_max_connections", ())] == 100
+    assert found[("appliance_flusher_lag_seconds", ())] == pytest.approx(0.003)
+    assert found[("appliance_box_memory_available_bytes", ())] > 0
+    assert not any("room" in dict(labels) for _, labels in found)  # no room name unless asked
+
+
+def test_room_names_are_labels_only_when_asked() -> None:
+    found = samples(exposition(report(), room_names=True))
+    assert found[("appliance_room_pss_bytes", (("room", "bob's room"), ("worker", "worker")))] == 120 * 2**20
+
+
+def test_a_store_that_does_not_answer_is_a_zero_not_a_gap() -> None:
+    down = report(redis=Redis(ok=False, error="refused"), postgres=Postgres(ok=False, error="refused"))
+    found = samples(exposition(down, room_names=False))
+    assert found[("appliance_redis_up", ())] == 0 and found[("appliance_postgres_up", ())] == 0
+    assert ("appliance_redis_used_memory_bytes", ()) not in found
+
+
+def test_health_is_503_only_when_the_box_cannot_serve_rooms() -> None:
+    code, body = health_body(report(state="degraded", exit_code=1, problems=["redis: 95% of maxmemory used"]))
+    assert code == 200 and json.loads(body)["state"] == "degraded"
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"postgres": Postgres(ok=False, error="refused")}, "postgres: refused"),
+        ({"workers": [registered(registered=False)]}, "no worker registered with LiveKit takes rooms"),
+        ({"programs": [*whole()[:-1], running("flusher", crash_loop=True)]}, "flusher is crash-looping"),
+    ]
+    for broken, reason in cases:
+        code, body = health_body(report(state="degraded", exit_code=1, **broken))
+        assert (code, json.loads(body)["unserviceable"]) == (503, [reason])
+
+
+def test_a_scraper_needs_the_token_when_one_is_set() -> None:
+    assert authorized("", None)
+    assert authorized("Bearer s3cret", "s3cret")
+    assert (
+        not authorized("", "s3cret") and not authorized("Bearer nope", "s3cret") and not authorized("s3cret", "s3cret")
+    )
