@@ -23,7 +23,7 @@ from agent.store.acl import AclUser
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRETS_NAME = "secrets.toml"
 # The control plane keeps its own settings under these tables; the data plane leaves them alone.
-CONTROL_SECTIONS = ("control", "livekit_server")
+CONTROL_SECTIONS = ("control", "livekit_server", "metrics")
 
 
 class Section(BaseModel):

@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from agent.settings import AgentSettings, PostgresSettings, SettingsError, load_settings
+from agent.settings import CONTROL_SECTIONS, AgentSettings, PostgresSettings, SettingsError, load_settings
 from appliance.settings import ApplianceSettings, ControlSettings, load
 
 DEFAULT_TOML = Path(__file__).parents[2] / "config" / "appliance.toml"
@@ -146,6 +146,10 @@ def test_control_belongs_to_the_appliance_and_the_data_plane_ignores_it(tmp_path
     agent = load_settings(AgentSettings)
     assert agent.redis.port == 7000
     assert not hasattr(agent, "control")
+    # Every section of the control plane's own is one the data plane leaves alone (the default config has them all).
+    assert set(CONTROL_SECTIONS) == set(ApplianceSettings.model_fields) - set(AgentSettings.model_fields)
+    write_config(tmp_path, DEFAULT_TOML.read_text())
+    assert load_settings(AgentSettings).redis.port == ApplianceSettings().redis.port
 
 
 def test_the_default_config_file_holds_the_model_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
