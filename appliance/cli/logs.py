@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 )
 @click.pass_obj
 def logs(app: App, program: str | None, *, follow: bool, lines: int | None, since: str | None) -> None:
-    """Print the lines of PROGRAM (supervisord, redis, postgres, livekit, flusher or worker), or of all of them.
+    """Print the lines of PROGRAM (supervisord, redis, postgres, livekit, metrics, flusher or worker), or of all.
 
     They come from the journal when the appliance logs there ([logging] journal), else from the files in
     control.log_dir, merged by time and each line named by its program.
