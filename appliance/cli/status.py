@@ -45,6 +45,10 @@ def status(app: App, *, as_json: bool) -> None:
     app.exit(report.exit_code)
 
 
+# How many rooms a worker's table shows, the largest first (`--json` has them all).
+TOP_ROOMS = 5
+
+
 def human(report: Report) -> list[str]:
     """A compact view: the verdict, a table of programs, each worker's rooms, one line per store."""
     lines = [report.verdict]
@@ -79,9 +83,15 @@ def human(report: Report) -> list[str]:
             f" {len(w.rooms)} room{'s' if len(w.rooms) != 1 else ''}"
         )
         if w.rooms:
+            # The largest rooms first, the top TOP_ROOMS of them; the rest summed in one line.
+            by_size = sorted(w.rooms, key=lambda r: r.pss_mb or 0, reverse=True)
+            shown, rest = by_size[:TOP_ROOMS], by_size[TOP_ROOMS:]
             room_rows: list[tuple[str, ...]] = [("ROOM", "CONVERSATION", "PID", "PSS MB", "USS MB")]
-            room_rows += [(r.room, r.conversation or "-", _opt(r.pid), _opt(r.pss_mb), _opt(r.uss_mb)) for r in w.rooms]
+            room_rows += [(r.room, r.conversation or "-", _opt(r.pid), _opt(r.pss_mb), _opt(r.uss_mb)) for r in shown]
             lines += ["  " + line for line in _table(room_rows)]
+            if rest:
+                total = sum(r.pss_mb or 0 for r in rest)
+                lines.append(f"  and {len(rest)} more room{'s' if len(rest) != 1 else ''}, {total:.1f} MB PSS in all")
     lines.append("")
     r = report.redis
     if r.ok:

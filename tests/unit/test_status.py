@@ -406,6 +406,19 @@ def test_human_view_of_a_healthy_report() -> None:
     assert "redis:    10.0 MB used of 2048 MB (0%), 0 evicted keys, stream backlog 0 (0 pending)" in lines
 
 
+def test_a_busy_worker_shows_its_five_largest_rooms_and_sums_the_rest() -> None:
+    rooms = [Room(room=f"room-{i}", pid=200 + i, pss_mb=float(10 + i)) for i in range(8)]
+    report = Report(
+        state="healthy", exit_code=0, verdict="healthy: 6 programs running, 8 rooms", problems=[], supervisord=UP,
+        programs=whole(), workers=[registered(rooms=rooms)], redis=REDIS, postgres=PG, flusher=FLUSHER,
+        collected_at=0,
+    )  # fmt: skip
+    lines = human(report)
+    shown = [line.split()[0] for line in lines if line.strip().startswith("room-")]
+    assert shown == ["room-7", "room-6", "room-5", "room-4", "room-3"]
+    assert "  and 3 more rooms, 33.0 MB PSS in all" in lines
+
+
 # -- appliance doctor's checks -------------------------------------------------------------------------------------
 
 
