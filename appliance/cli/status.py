@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
@@ -14,8 +15,12 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the same data as JSON.")
+@click.option("--watch", is_flag=True, help="Show it again every --interval seconds, in place, until Ctrl-C.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True, help="Seconds between refreshes."
+)
 @click.pass_obj
-def status(app: App, *, as_json: bool) -> None:
+def status(app: App, *, as_json: bool, watch: bool, interval: float) -> None:
     """Show every program, the workers' rooms, Redis, PostgreSQL and the flusher, with a one-line verdict.
 
     \b
@@ -36,7 +41,13 @@ def status(app: App, *, as_json: bool) -> None:
         for line in exc.errors:
             app.message(f"unknown: {line}")
         app.exit(UNKNOWN)
-    report = collect(settings, Layout.of(settings))
+    layout = Layout.of(settings)
+    if watch:
+        if as_json:
+            raise click.UsageError("--watch shows the human view; for JSON, run --json repeatedly")
+        _watch(lambda: human(collect(settings, layout)), interval)
+        app.exit(0)
+    report = collect(settings, layout)
     if as_json:
         click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
     else:
@@ -117,6 +128,28 @@ def human(report: Report) -> list[str]:
     else:
         lines.append(f"flusher:  {f.error}")
     return lines
+
+
+def frame(lines: list[str]) -> str:
+    """One refresh of --watch: from the top-left corner, each line over the one before, the rest cleared. Nothing
+    is erased first, so nothing flickers."""
+    return "\x1b[H" + "".join(f"{line}\x1b[K\n" for line in lines) + "\x1b[J"
+
+
+def _watch(render: Callable[[], list[str]], interval: float) -> None:
+    """Refresh until Ctrl-C (or SIGTERM), which ends it quietly."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        click.echo("\x1b[2J", nl=False)
+        while True:
+            started = time.monotonic()
+            click.echo(frame([*render(), "", f"every {interval:g} s; Ctrl-C ends"]), nl=False)
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        click.echo("")
 
 
 def _opt(value: object) -> str:

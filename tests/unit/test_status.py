@@ -375,6 +375,48 @@ def test_command_exit_code_json_and_help(tmp_path: Path, monkeypatch: pytest.Mon
         assert line in help_text
 
 
+def test_watch_refreshes_in_place_until_ctrl_c(tmp_path: Path) -> None:
+    """A real `appliance status --watch`: frames drawn over each other (no screen clear between them, so no
+    flicker), and Ctrl-C ends it with exit 0."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    settings = nothing_running(tmp_path)
+    (tmp_path / "appliance.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")} | {
+        "APPLIANCE_CONFIG": str(tmp_path / "appliance.toml"),
+        "APPLIANCE_CONTROL__RUN_DIR": str(settings.control.run_dir),
+        "APPLIANCE_REDIS__PORT": str(settings.redis.port),
+        "APPLIANCE_POSTGRES__PORT": str(settings.postgres.port),
+    }
+    argv = [sys.executable, "-m", "appliance.cli", "status", "--watch", "--interval", "0.2"]
+    # On a terminal, as an operator runs it (click leaves escape sequences out of a pipe).
+    terminal, its_side = pty.openpty()
+    proc = subprocess.Popen(argv, env=env, stdout=its_side, stderr=subprocess.PIPE)
+    os.close(its_side)
+    out = b""
+    deadline = time.monotonic() + 60
+    while out.count(b"\x1b[H") < 4 and time.monotonic() < deadline:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:
+            break  # it exited: the assertions below say how
+        out += chunk
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    os.close(terminal)
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()
+    frames = text.split("\x1b[H")[1:-1]  # the last one may be cut short by Ctrl-C
+    assert len(frames) >= 3 and all(f.startswith("not running: ") for f in frames), text[-500:]
+    assert text.count("\x1b[2J") == 1  # the screen is cleared once, before the first frame
+    assert CliRunner().invoke(main, ["status", "--watch", "--json"]).exit_code == 2
+
+
 def test_unreadable_settings_are_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APPLIANCE_REDIS__PORT", "not-a-port")
     result = CliRunner().invoke(main, ["status"])
