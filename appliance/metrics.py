@@ -13,8 +13,10 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
@@ -33,8 +35,8 @@ log = logging.getLogger("appliance.metrics")
 MB = 2**20
 
 
-def families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
-    """The series of one status report."""
+def families(report: status.Report, *, room_names: bool, data_dir: Path) -> Iterator[Metric]:
+    """The series of one status report, and of the box (its data disk: the one holding ``data_dir``)."""
     verdict = "`appliance status`'s exit code: 0 healthy, 1 degraded, 3 not running, 4 unknown"
     yield from _one(GaugeMetricFamily, "appliance_health", verdict, report.exit_code)
 
@@ -59,7 +61,7 @@ def families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
 
     yield from _worker_families(report, room_names=room_names)
     yield from _store_families(report)
-    yield from _box_families()
+    yield from _box_families(data_dir)
 
 
 def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
@@ -148,7 +150,12 @@ def _store_families(report: status.Report) -> Iterator[Metric]:
         yield from _one(counter, "appliance_flusher_dead_lettered", "Entries set aside", flusher.dead_lettered)
 
 
-def _box_families() -> Iterator[Metric]:
+def _box_families(data_dir: Path) -> Iterator[Metric]:
+    while not data_dir.exists() and data_dir != data_dir.parent:
+        data_dir = data_dir.parent
+    disk = shutil.disk_usage(data_dir)
+    yield from _one(GaugeMetricFamily, "appliance_box_disk_free_bytes", "Free on the data disk", disk.free)
+    yield from _one(GaugeMetricFamily, "appliance_box_disk_size_bytes", "Size of the data disk", disk.total)
     yield from _one(GaugeMetricFamily, "appliance_box_memory_available_bytes", "Memory available to new processes",
                     psutil.virtual_memory().available)  # fmt: skip
     yield from _one(GaugeMetricFamily, "appliance_box_cpu_utilisation", "CPU busy since the previous scrape, 0..1",
@@ -163,16 +170,16 @@ def _box_families() -> Iterator[Metric]:
 class ReportCollector(Collector):
     """A registry's collector over one status report, taken by the scrape that asks."""
 
-    def __init__(self, report: status.Report, *, room_names: bool) -> None:
-        self.report, self.room_names = report, room_names
+    def __init__(self, report: status.Report, *, room_names: bool, data_dir: Path) -> None:
+        self.report, self.room_names, self.data_dir = report, room_names, data_dir
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.report, room_names=self.room_names)
+        return families(self.report, room_names=self.room_names, data_dir=self.data_dir)
 
 
-def exposition(report: status.Report, *, room_names: bool) -> bytes:
+def exposition(report: status.Report, *, room_names: bool, data_dir: Path) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReportCollector(report, room_names=room_names))
+    registry.register(ReportCollector(report, room_names=room_names, data_dir=data_dir))
     return generate_latest(registry)
 
 
@@ -201,7 +208,7 @@ def make_apps(settings: ApplianceSettings, layout: Layout) -> tuple[web.Applicat
     async def metrics(request: web.Request) -> web.Response:
         if not authorized(request.headers.get("Authorization", ""), token):
             return web.Response(status=401, text="a bearer token is required\n")
-        body = exposition(await report(), room_names=settings.metrics.room_names)
+        body = exposition(await report(), room_names=settings.metrics.room_names, data_dir=settings.control.data_dir)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(_: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ TOOLS = (
     Tool("systemd-cat", "systemd", "programs' output into the journal"),
     Tool("strace", "strace", "the check that no secret reaches a command line"),
     Tool("/usr/sbin/dockerd", "docker.io", "the containers the appliance runs under a real systemd in"),
+    Tool("promtool", "prometheus", "checks and unit-tests the alert rules"),
 )
 
 

@@ -4,6 +4,7 @@ tests/unit/test_status.py's)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,7 +35,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def test_the_series_say_what_status_says() -> None:
-    found = samples(exposition(report(), room_names=False))
+    found = samples(exposition(report(), room_names=False, data_dir=Path("/")))
     assert found[("appliance_health", ())] == 0
     assert found[("appliance_rooms_active", (("worker", "worker"),))] == 2
     assert found[("appliance_rooms_pss_bytes", (("worker", "worker"),))] == 200 * 2**20
@@ -47,17 +48,18 @@ def test_the_series_say_what_status_says() -> None:
     assert found[("appliance_postgres_max_connections", ())] == 100
     assert found[("appliance_flusher_lag_seconds", ())] == pytest.approx(0.003)
     assert found[("appliance_box_memory_available_bytes", ())] > 0
+    assert 0 < found[("appliance_box_disk_free_bytes", ())] <= found[("appliance_box_disk_size_bytes", ())]
     assert not any("room" in dict(labels) for _, labels in found)  # no room name unless asked
 
 
 def test_room_names_are_labels_only_when_asked() -> None:
-    found = samples(exposition(report(), room_names=True))
+    found = samples(exposition(report(), room_names=True, data_dir=Path("/")))
     assert found[("appliance_room_pss_bytes", (("room", "bob's room"), ("worker", "worker")))] == 120 * 2**20
 
 
 def test_a_store_that_does_not_answer_is_a_zero_not_a_gap() -> None:
     down = report(redis=Redis(ok=False, error="refused"), postgres=Postgres(ok=False, error="refused"))
-    found = samples(exposition(down, room_names=False))
+    found = samples(exposition(down, room_names=False, data_dir=Path("/")))
     assert found[("appliance_redis_up", ())] == 0 and found[("appliance_postgres_up", ())] == 0
     assert ("appliance_redis_used_memory_bytes", ()) not in found
 
