@@ -15,12 +15,16 @@ from appliance.status import Report
 from tests.unit.test_status import FLUSHER, PG, REDIS, UP, registered, running, whole
 
 ROOMS = [Room(room="ann's room", pid=200, pss_mb=80.0), Room(room="bob's room", pid=201, pss_mb=120.0)]
+# Every figure known, so that every series is there (the rules' and the dashboard's tests ask for them all).
+FULL_REDIS = REDIS.model_copy(update={"keys": 42, "keyspace_hits": 900, "keyspace_misses": 100})
+FULL_FLUSHER = FLUSHER.model_copy(update={"persisted": 500, "errors": 0, "dead_lettered": 1, "spool_files": 0})
 
 
 def report(**fields: object) -> Report:
     values: dict[str, object] = {
         "state": "healthy", "exit_code": 0, "verdict": "healthy: 6 programs running, 2 rooms", "problems": [],
-        "supervisord": UP, "programs": whole(), "redis": REDIS, "postgres": PG, "flusher": FLUSHER, "collected_at": 0,
+        "supervisord": UP, "programs": [p.model_copy(update={"pss_mb": 50.0}) for p in whole()], "redis": FULL_REDIS,
+        "postgres": PG, "flusher": FULL_FLUSHER, "collected_at": 0,
         "workers": [registered(rooms=ROOMS, counters={"crashes": {"memory": 2}, "redispatches": 3, "given_up": 0})],
     }  # fmt: skip
     return Report.model_validate({**values, **fields})
