@@ -176,7 +176,7 @@ def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:
     from agent.store.keys import GROUP, Keys
     from appliance.stores import redis_client
 
-    client = redis_client(settings.redis, timeout_s=PROBE_TIMEOUT_S)
+    client = redis_client(settings.redis, timeout_s=PROBE_TIMEOUT_S, retry=False)
     keys = Keys(settings.store.key_prefix)
     with client:
         memory: dict[str, Any] = client.info("memory")

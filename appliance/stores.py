@@ -25,11 +25,13 @@ T = TypeVar("T")
 COMMAND_TIMEOUT_S = 10.0
 
 
-def redis_client(settings: RedisSettings, timeout_s: float = COMMAND_TIMEOUT_S) -> redis.Redis:
-    """A blocking client that does not retry (redis-py's default retries with backoff for seconds). It is Redis's
-    default user, the password's holder: the control plane reads INFO and rewrites keys no data-plane ACL user may."""
+def redis_client(settings: RedisSettings, timeout_s: float = COMMAND_TIMEOUT_S, *, retry: bool = True) -> redis.Redis:
+    """A blocking client as Redis's default user, the password's holder: the control plane reads INFO and
+    rewrites keys no data-plane ACL user may. An operator's command rides out a dropped connection with redis-py's
+    retries; a probe (``retry=False``) answers within its timeout instead."""
     admin = settings.model_copy(update={"acl_user": None})
-    return redis.Redis(**connection_kwargs(admin, timeout_s), retry=Retry(NoBackoff(), 0))
+    kwargs = connection_kwargs(admin, timeout_s)
+    return redis.Redis(**kwargs) if retry else redis.Redis(**kwargs, retry=Retry(NoBackoff(), 0))
 
 
 def redis_address(settings: RedisSettings) -> str:

@@ -133,7 +133,9 @@ async def test_a_running_flusher_does_not_write_it_back(
         await doomed.append("user", "u", f"doomed {i}")
         kept_sent.append(await kept.append("user", "u", f"kept {i}"))
     spooled(store, doomed.id, "doomed spooled")
-    flusher = FlusherProcess(settings, tmp_path, {"APPLIANCE_FLUSHER__BATCH_SIZE": "50"}).start(ready=False)
+    # Small batches: 1,200 of them, seconds of work, so forget starts while most of the backlog is still there
+    # (at 50 a batch a loaded machine once let the flusher drain it all first: nothing to race with).
+    flusher = FlusherProcess(settings, tmp_path, {"APPLIANCE_FLUSHER__BATCH_SIZE": "5"}).start(ready=False)
     try:
         wait_until(lambda: stored_ids(settings, doomed.id), 30, "the flusher started on the backlog")
         removed = forget(settings, doomed.id)
