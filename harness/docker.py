@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness.chroot import HostNetwork
 from harness.livekit import PrivateNetwork
+from harness.servers import wait_until
 
 DOCKERD = Path("/usr/sbin/dockerd")
 DOCKER = Path("/usr/bin/docker")  # docker.io's client, the engine's version (not another client on PATH)
@@ -82,11 +82,7 @@ class Docker:
                     start_new_session=True,
                 )
             )
-        deadline = time.monotonic() + timeout
-        while not self.running():
-            if time.monotonic() > deadline:
-                raise DockerError(f"dockerd did not answer on {SOCKET} within {timeout:.0f}s: see {LOG}")
-            time.sleep(0.2)
+        wait_until(self.running, timeout, f"dockerd to answer on {SOCKET} (its log: {LOG})", interval=0.2)
         return self
 
     def has_image(self, tag: str) -> bool:
