@@ -28,7 +28,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError, ResponseError
 
-from agent import faults
+from agent import faults, metrics
 from agent.logs import brief, setup_logging
 from agent.resources import lua
 from agent.settings import AgentSettings, load_or_exit
@@ -209,7 +209,9 @@ class Flusher:
         now_ms = time.time() * 1000
         for entry in good:
             if isinstance(entry.record, Message) and entry.entry_id not in poisoned:
-                self.stats.recent_lags_ms.append(now_ms - int(entry.entry_id.split("-")[0]))
+                lag_ms = now_ms - int(entry.entry_id.split("-")[0])
+                self.stats.recent_lags_ms.append(lag_ms)
+                metrics.FLUSH_LAG.observe(max(0.0, lag_ms / 1000))
         self.stats.batches += 1
 
     async def _acknowledge(self, ids: Sequence[str]) -> None:

@@ -36,6 +36,7 @@ AGENT_KIND = models.ParticipantInfo.Kind.AGENT
 
 @dataclass
 class Counters:
+    started: int = 0  # room processes given a room
     crashes: Counter[str] = field(default_factory=Counter)  # by cause: killed, memory, exit
     redispatches: int = 0
     given_up: int = 0  # rooms not revived any more: their agent died too often

@@ -13,15 +13,18 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
 from livekit.agents import NOT_GIVEN, Agent, AgentSession, JobContext, llm
-from livekit.agents.voice import room_io
+from livekit.agents.voice import SpeechHandle, room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent
+from prometheus_client import Histogram
 
+from agent import metrics
 from agent.limits import apply_memory_backstop
 from agent.models import SPEAKER_KEY, build_llm, build_stt, build_tts
 from agent.settings import AgentSettings
@@ -76,7 +79,8 @@ class RoomSession:
         self._departure: asyncio.TimerHandle | None = None
         self.ended = False
 
-    async def start(self, agent: Agent) -> None:
+    async def start(self, agent: Agent, started: float) -> None:
+        """``started``: when this process took the room's job (perf_counter), for the greeting's latency."""
         history = llm.ChatContext([to_chat_message(m) for m in self.conv.window])
         await agent.update_chat_ctx(history)
         self._name_spoken_turns(agent)
@@ -97,7 +101,7 @@ class RoomSession:
             record=False,
         )
         greeting = self.settings.worker.resume_greeting if self.conv.resumed_from else self.settings.worker.greeting
-        self.session.say(greeting)
+        _time_to(self.session.say(greeting), metrics.GREETING, started)
         if not self._humans():
             self._schedule_departure()
 
@@ -134,8 +138,9 @@ class RoomSession:
             log.warning("message from %s not stored: %s", identity, exc)
             await self._ack(identity, {"stream_id": stream_id, "error": str(exc)})
             return
+        stored = time.perf_counter()
         await self._ack(identity, {"stream_id": stream_id, "message_id": message.id})
-        self.session.generate_reply(user_input=to_chat_message(message))
+        _time_to(self.session.generate_reply(user_input=to_chat_message(message)), metrics.REPLY, stored)
 
     async def _ack(self, identity: str, ack: dict[str, str]) -> None:
         with contextlib.suppress(Exception):  # the sender may have left; what was stored stays stored
@@ -207,6 +212,16 @@ class RoomSession:
         await self.store.aclose()
 
 
+def _time_to(speech: SpeechHandle, histogram: Histogram, since: float) -> None:
+    """Observe, once the speech is sent, the time since ``since``; an interrupted one was never sent whole."""
+
+    def done(handle: SpeechHandle) -> None:
+        if not handle.interrupted:
+            histogram.observe(time.perf_counter() - since)
+
+    speech.add_done_callback(done)
+
+
 async def entrypoint(ctx: JobContext) -> None:
     """The job's entry point, in the room's process (forked from the prewarmed pool).
 
@@ -227,6 +242,7 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 async def _start_room(ctx: JobContext) -> None:
+    started = time.perf_counter()
     settings: AgentSettings = ctx.proc.userdata["settings"]
     factory: Callable[[], Agent] = ctx.proc.userdata["factory"]
     await ctx.connect()
@@ -235,5 +251,5 @@ async def _start_room(ctx: JobContext) -> None:
     conv = await store.open(ctx.room.name, conversation_id_from(ctx.room.metadata))
     room_session = RoomSession(ctx, settings, store, conv)
     ctx.add_shutdown_callback(room_session.aclose)
-    await room_session.start(factory())
+    await room_session.start(factory(), started)
     apply_memory_backstop(settings.worker.job_memory_limit_mb)  # measured now that the room is connected

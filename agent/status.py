@@ -73,6 +73,7 @@ class StatusServer:
                 for (room, job_id, pid, _), mem, conversation in zip(rooms, memory, conversations, strict=True)
             ],
             "counters": {
+                "started": counters.started,
                 "crashes": dict(counters.crashes),
                 "memory_kills": counters.crashes.get("memory", 0),
                 "redispatches": counters.redispatches,

@@ -164,6 +164,10 @@ class Worker:
         # The process pool is private in livekit-agents 1.8.9 (pinned); it is the only place that says which
         # room's process died and how.
         self.server._proc_pool.on("process_closed", self._on_process_closed)
+        self.server._proc_pool.on("process_job_launched", self._on_job_launched)
+
+    def _on_job_launched(self, proc: ProcJobExecutor) -> None:
+        self.redispatcher.counters.started += 1
 
     def _on_process_closed(self, proc: ProcJobExecutor) -> None:
         job = proc.running_job

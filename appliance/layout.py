@@ -90,5 +90,9 @@ class Layout:
     def unit_file(self) -> Path:
         return self.unit_dir / UNIT_NAME
 
+    def figures_dir(self, program: str) -> Path:
+        """Where a program's processes keep their figures (agent/metrics.py, appliance/recorded.py)."""
+        return self.run_dir / "metrics" / program
+
     def bin(self, name: str) -> Path:
         return self.venv / "bin" / name

@@ -2,8 +2,9 @@
 
 Each scrape asks the same probes and verdict as ``appliance status`` (appliance.status.collect) and the box's own
 figures (psutil), and turns them into Prometheus series: nothing is kept between scrapes, so the series of an ended
-room or a stopped program are gone with it. /health answers the verdict: 200 when healthy or degraded (the verdict
-in the body), 503 otherwise. Both listen on their own address ([metrics] bind/port, health_bind/health_port).
+room or a stopped program are gone with it. Beside them go the histograms and counters the worker's room processes
+and the flusher record in files (appliance/recorded.py), livekit-agents' own lk_agents_* among them. /health
+answers the verdict: 200 when healthy or degraded (the verdict in the body), 503 otherwise. Both listen on their own address ([metrics] bind/port, health_bind/health_port).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from appliance import status
+from appliance import recorded, status
 from appliance.layout import Layout
 
 if TYPE_CHECKING:
@@ -75,7 +76,9 @@ def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Met
         labels=["worker", "cause"],
     )  # fmt: skip
     events = CounterMetricFamily(
-        "appliance_room_events", "Re-dispatches, reconciled orphans and give-ups", labels=["worker", "event"]
+        "appliance_room_events",
+        "Room processes started, re-dispatches, reconciled orphans, give-ups",
+        labels=["worker", "event"],
     )
     room_labels = ["worker", "room"] if room_names else ["worker"]
     room_pss = GaugeMetricFamily(
@@ -93,7 +96,7 @@ def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Met
         rooms.add_metric([name], len(worker.rooms))
         for cause, count in (worker.counters.get("crashes") or {}).items():
             crashes.add_metric([name, cause], count)
-        for event in ("redispatches", "reconciled", "given_up"):
+        for event in ("started", "redispatches", "reconciled", "given_up"):
             if event in worker.counters:
                 events.add_metric([name, event], worker.counters[event])
         sizes = [(room.room, room.pss_mb * MB) for room in worker.rooms if room.pss_mb is not None]
@@ -168,18 +171,20 @@ def _box_families(data_dir: Path) -> Iterator[Metric]:
 
 
 class ReportCollector(Collector):
-    """A registry's collector over one status report, taken by the scrape that asks."""
+    """A registry's collector over one status report and the recorded figures, taken by the scrape that asks."""
 
-    def __init__(self, report: status.Report, *, room_names: bool, data_dir: Path) -> None:
-        self.report, self.room_names, self.data_dir = report, room_names, data_dir
+    def __init__(self, report: status.Report, figures: list[Metric], *, room_names: bool, data_dir: Path) -> None:
+        self.report, self.figures, self.room_names, self.data_dir = report, figures, room_names, data_dir
 
     def collect(self) -> Iterator[Metric]:
-        return families(self.report, room_names=self.room_names, data_dir=self.data_dir)
+        yield from families(self.report, room_names=self.room_names, data_dir=self.data_dir)
+        yield from self.figures
 
 
-def exposition(report: status.Report, *, room_names: bool, data_dir: Path) -> bytes:
+def exposition(report: status.Report, figures: list[Metric], *, room_names: bool, data_dir: Path) -> bytes:
+    """The series of a status report and the figures the programs recorded (appliance/recorded.py)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ReportCollector(report, room_names=room_names, data_dir=data_dir))
+    registry.register(ReportCollector(report, figures, room_names=room_names, data_dir=data_dir))
     return generate_latest(registry)
 
 
@@ -202,13 +207,20 @@ def authorized(header: str, token: str | None) -> bool:
 def make_apps(settings: ApplianceSettings, layout: Layout) -> tuple[web.Application, web.Application]:
     token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
 
+    directories = recorded.directories(settings, layout)
+
+    def scrape() -> tuple[status.Report, list[Metric]]:
+        figures = recorded.read(directories, compact=True)
+        return status.collect(settings, layout, figures), figures
+
     async def report() -> status.Report:
-        return await asyncio.get_running_loop().run_in_executor(None, status.collect, settings, layout)
+        return await asyncio.to_thread(status.collect, settings, layout)
 
     async def metrics(request: web.Request) -> web.Response:
         if not authorized(request.headers.get("Authorization", ""), token):
             return web.Response(status=401, text="a bearer token is required\n")
-        body = exposition(await report(), room_names=settings.metrics.room_names, data_dir=settings.control.data_dir)
+        taken, figures = await asyncio.to_thread(scrape)
+        body = exposition(taken, figures, room_names=settings.metrics.room_names, data_dir=settings.control.data_dir)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health(_: web.Request) -> web.Response:

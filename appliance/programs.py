@@ -38,6 +38,8 @@ class Program:
     writes_store: bool = False  # writes conversations: stopped for a restore, first
     ours: bool = False  # runs the appliance's own Python code: a new version restarts it
     redis_user: AclUser | None = None  # its own ACL user on the appliance's own Redis
+    # Records figures (agent/metrics.py) in Layout.figures_dir, which the exporter reads, while [metrics] is on.
+    records: bool = False
     ports: tuple[Port, ...] = ()
     # The level of a stderr line without a "<N>" prefix: an error, but PostgreSQL's stderr holds, at every start,
     # "LOG: ending log output to stderr" and its HINT before it switches to syslog, which as errors are a false alarm.
@@ -73,6 +75,7 @@ _WORKER = Program(
     writes_store=True,
     ours=True,
     redis_user="worker",
+    records=True,
     ports=(Port("worker.health_port", purpose="health"), Port("worker.status_port", purpose="status")),
     stopwaitsecs=None,
     startsecs=5,
@@ -129,6 +132,7 @@ PROGRAMS: tuple[Program, ...] = (
         writes_store=True,
         ours=True,
         redis_user="flusher",
+        records=True,
     ),
     # TERM: the worker drains its rooms. worker-alt is the second worker a graceful restart starts before the
     # running one drains: the same program on its own ports, not started with the others.

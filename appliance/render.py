@@ -82,6 +82,8 @@ def programs(settings: ApplianceSettings, layout: Layout, *, journal: bool) -> l
         # On the appliance's own Redis each data-plane program connects as its own ACL user (agent/store/acl.py).
         if program.redis_user and settings.runs_stores:
             env += f',APPLIANCE_REDIS__ACL_USER="{program.redis_user}"'
+        if program.records and settings.metrics.enabled:
+            env += f',PROMETHEUS_MULTIPROC_DIR="{layout.figures_dir(program.name)}"'
         # A worker whose ports are not [worker]'s own (the second worker) is told its own.
         for port in program.ports:
             if program.worker and port.setting != f"worker.{port.purpose}_port":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from appliance import events as events_mod
+from appliance import recorded
 from appliance.masking import mask, secret_values
 from appliance.probes import (
     DEADLINE_S,
@@ -37,6 +38,8 @@ from appliance.programs import WORKERS, status_port
 from appliance.supervisor import ProcessInfo, SupervisorDown
 
 if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
     from appliance.layout import Layout
     from appliance.settings import ApplianceSettings
 
@@ -81,6 +84,9 @@ class Report(BaseModel):
     redis: Redis
     postgres: Postgres
     flusher: Flusher
+    # Count and quantiles (seconds) of each of recorded.LATENCIES, since each recording program started; empty
+    # while [metrics] is off (nothing is recorded then).
+    latency: dict[str, dict[str, float | None]] = {}
     collected_at: float
 
 
@@ -203,8 +209,9 @@ def verdict_line(code: int, problems: list[str], programs: list[Program], worker
 # The probes.
 
 
-def collect(settings: ApplianceSettings, layout: Layout) -> Report:
-    """Probe everything at once, each within its timeout, and judge."""
+def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] | None = None) -> Report:
+    """Probe everything at once, each within its timeout, and judge. ``figures``: what the programs recorded, when
+    the caller has read it already (the exporter); else it is read here."""
     probes: dict[str, Callable[[], Any]] = {
         "supervisor": lambda: probe_supervisor(layout),
         "redis": lambda: probe_redis(settings),
@@ -225,9 +232,9 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
     else:
         supervisord.ok, supervisord.pid, infos = True, sup[0], sup[1]
 
-    recorded = events_mod.load(events_mod.events_file(layout.run_dir))
+    restarts = events_mod.load(events_mod.events_file(layout.run_dir))
     now = time.time()
-    programs = [_program(info, recorded, now) for info in infos]
+    programs = [_program(info, restarts, now) for info in infos]
 
     workers = []
     running = {info.name for info in infos if info.running}
@@ -254,7 +261,7 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         redis,
         postgres,
         flusher,
-        events_missing=supervisord.ok and recorded is None,
+        events_missing=supervisord.ok and restarts is None,
         supervisor_down=supervisor_down,
     )
     report = Report(
@@ -268,12 +275,15 @@ def collect(settings: ApplianceSettings, layout: Layout) -> Report:
         redis=redis,
         postgres=postgres,
         flusher=flusher,
+        latency=recorded.latencies(
+            recorded.read(recorded.directories(settings, layout)) if figures is None else figures
+        ),
         collected_at=now,
     )
     return scrub(report, secret_values(settings))
 
 
-def _program(info: ProcessInfo, recorded: events_mod.Events | None, now: float) -> Program:
+def _program(info: ProcessInfo, restarts: events_mod.Events | None, now: float) -> Program:
     program = Program(
         name=info.name,
         state=info.state,
@@ -284,8 +294,8 @@ def _program(info: ProcessInfo, recorded: events_mod.Events | None, now: float) 
     )
     if info.pid:
         program.pss_mb, program.processes = tree_pss_mb(info.pid)
-    if recorded is not None:
-        counts = recorded.programs.get(info.name, events_mod.ProgramEvents())
+    if restarts is not None:
+        counts = restarts.programs.get(info.name, events_mod.ProgramEvents())
         program.restarts, program.unexpected_exits = counts.restarts, counts.unexpected_exits
         program.crash_loop = info.state == "FATAL" or counts.crash_looping(now)
     else:

@@ -20,6 +20,7 @@ import uuid_utils
 from psycopg_pool import PoolTimeout
 from redis.exceptions import RedisError
 
+from agent import metrics
 from agent.logs import brief
 from agent.settings import AgentSettings
 from agent.store import pg_tier
@@ -153,20 +154,26 @@ class ConversationStore:
 
     async def write(self, message: Message, *, bypassed_before: bool) -> bool:
         """Store one message in the first tier that takes it; returns True when it went around Redis."""
+        started = time.perf_counter()
+        tier = await self._write(message, bypassed_before=bypassed_before)
+        metrics.appended(tier, time.perf_counter() - started)
+        return tier != "redis"
+
+    async def _write(self, message: Message, *, bypassed_before: bool) -> Literal["redis", "postgres", "spool"]:
         done = await self._redis_op(lambda: self.redis.append(message, mark_partial=bypassed_before))
         if not isinstance(done, _Failed):
             self.stats.appends_redis += 1
-            return False
+            return "redis"
         done = await self._pg(lambda conn: _write_one(conn, [message], [], bypass=True))
         if not isinstance(done, _Failed):
             self.stats.appends_postgres += 1
-            return True
+            return "postgres"
         try:
             await asyncio.to_thread(self.spool.write_message, message)
         except OSError as exc:
             raise StoreUnavailable(f"message {message.id} not stored: Redis, PostgreSQL and spool failed") from exc
         self.stats.appends_spool += 1
-        return True
+        return "spool"
 
     async def record_event(self, event: ConversationEvent, *, new: bool) -> None:
         """Store a conversation event: PostgreSQL first (the truth for lifecycle), and Redis (the room's mapping;

@@ -127,7 +127,22 @@ def human(report: Report) -> list[str]:
         )
     else:
         lines.append(f"flusher:  {f.error}")
+    lines += _latency_lines(report.latency)
     return lines
+
+
+def _latency_lines(latency: dict[str, dict[str, float | None]]) -> list[str]:
+    """One line per latency observed at least once: its 50th, 95th and 99th percentiles, in milliseconds."""
+    rows: list[tuple[str, ...]] = [("LATENCY", "COUNT", "P50 MS", "P95 MS", "P99 MS")]
+    for name, figures in latency.items():
+        if figures.get("count"):
+            quantiles = (figures.get(q) for q in ("p50", "p95", "p99"))
+            rows.append(
+                (name, f"{figures['count']:.0f}", *("-" if v is None else f"{v * 1000:.1f}" for v in quantiles))
+            )
+    if len(rows) == 1:
+        return []
+    return ["", "latency since each program started (from the exporter's histograms):", *_table(rows)]
 
 
 def frame(lines: list[str]) -> str:

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.metrics import exposition
 from tests.unit.test_metrics import report
+from tests.unit.test_recorded import figures
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "config" / "prometheus" / "alerts.yml"
@@ -35,8 +36,8 @@ def test_each_alert_fires_for_its_fault() -> None:
     assert tested == shipped
 
 
-def test_the_rules_name_only_series_the_exporter_exports() -> None:
-    text = exposition(report(), room_names=False, data_dir=Path("/")).decode()
+def test_the_rules_name_only_series_the_exporter_exports(tmp_path: Path) -> None:
+    text = exposition(report(), figures(tmp_path), room_names=False, data_dir=Path("/")).decode()
     exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     used = set(re.findall(r"\bappliance_\w+", RULES.read_text()))
     assert used and used <= exported, used - exported

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from appliance.metrics import authorized, exposition, health_body
 from appliance.probes import Postgres, Redis, Room
 from appliance.status import Report
+from tests.unit.test_recorded import figures
 from tests.unit.test_status import FLUSHER, PG, REDIS, UP, registered, running, whole
 
 ROOMS = [Room(room="ann's room", pid=200, pss_mb=80.0), Room(room="bob's room", pid=201, pss_mb=120.0)]
@@ -39,7 +40,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def test_the_series_say_what_status_says() -> None:
-    found = samples(exposition(report(), room_names=False, data_dir=Path("/")))
+    found = samples(exposition(report(), [], room_names=False, data_dir=Path("/")))
     assert found[("appliance_health", ())] == 0
     assert found[("appliance_rooms_active", (("worker", "worker"),))] == 2
     assert found[("appliance_rooms_pss_bytes", (("worker", "worker"),))] == 200 * 2**20
@@ -56,14 +57,21 @@ def test_the_series_say_what_status_says() -> None:
     assert not any("room" in dict(labels) for _, labels in found)  # no room name unless asked
 
 
+def test_recorded_figures_go_out_beside_the_report(tmp_path: Path) -> None:
+    found = samples(exposition(report(), figures(tmp_path), room_names=False, data_dir=Path("/")))
+    assert found[("appliance_room_reply_seconds_count", (("program", "worker"),))] == 1
+    assert found[("appliance_store_fallbacks_total", (("program", "worker"), ("tier", "postgres")))] == 1
+    assert found[("appliance_health", ())] == 0
+
+
 def test_room_names_are_labels_only_when_asked() -> None:
-    found = samples(exposition(report(), room_names=True, data_dir=Path("/")))
+    found = samples(exposition(report(), [], room_names=True, data_dir=Path("/")))
     assert found[("appliance_room_pss_bytes", (("room", "bob's room"), ("worker", "worker")))] == 120 * 2**20
 
 
 def test_a_store_that_does_not_answer_is_a_zero_not_a_gap() -> None:
     down = report(redis=Redis(ok=False, error="refused"), postgres=Postgres(ok=False, error="refused"))
-    found = samples(exposition(down, room_names=False, data_dir=Path("/")))
+    found = samples(exposition(down, [], room_names=False, data_dir=Path("/")))
     assert found[("appliance_redis_up", ())] == 0 and found[("appliance_postgres_up", ())] == 0
     assert ("appliance_redis_used_memory_bytes", ()) not in found
 

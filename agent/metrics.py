@@ -1,0 +1,52 @@
+"""What room processes and the flusher measure, as Prometheus histograms and counters.
+
+A room's process has no HTTP server: with PROMETHEUS_MULTIPROC_DIR set (the appliance sets it for the programs
+whose figures are exported, appliance/render.py), prometheus-client keeps each process's values in a file of that
+directory, written as they change, so a crashed room's counts stay behind; the exporter reads the files
+(appliance/recorded.py). Without it the values live in memory and nobody reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from prometheus_client import Counter, Histogram
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # A metric without labels writes its file as it is created, at import.
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+
+# What a person waits for: from a fraction of a second (text) to seconds (a spoken reply through an LLM).
+_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+GREETING = Histogram(
+    "appliance_room_greeting_seconds",
+    "From a room's process taking its job to its greeting sent",
+    buckets=_WAIT_BUCKETS,
+)
+REPLY = Histogram(
+    "appliance_room_reply_seconds", "From a participant's line stored to the agent's reply sent", buckets=_WAIT_BUCKETS
+)
+APPEND = Histogram(
+    "appliance_store_append_seconds",
+    "From a message given to the store to its acknowledgement, by the tier that took it",
+    ["tier"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
+FALLBACKS = Counter(
+    "appliance_store_fallbacks", "Messages stored around Redis (down, full or refusing), by the tier that took them",
+    ["tier"],
+)  # fmt: skip
+FLUSH_LAG = Histogram(
+    "appliance_flusher_flush_lag_seconds",
+    "Age of a write-ahead entry when the flusher stored it in PostgreSQL",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+
+
+def appended(tier: str, seconds: float) -> None:
+    """One message acknowledged by ``tier``: its latency, and a fallback when that tier is not Redis."""
+    APPEND.labels(tier).observe(seconds)
+    if tier != "redis":
+        FALLBACKS.labels(tier).inc()
