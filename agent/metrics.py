@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # A metric without labels writes its file as it is created, at import.
@@ -37,6 +37,11 @@ APPEND = Histogram(
 FALLBACKS = Counter(
     "appliance_store_fallbacks", "Messages stored around Redis (down, full or refusing), by the tier that took them",
     ["tier"],
+)  # fmt: skip
+# Summed over the live processes: a room's process that died takes its participants with it.
+PARTICIPANTS = Gauge(
+    "appliance_room_participants", "People (not agents) in the rooms this program's processes serve",
+    multiprocess_mode="livesum",
 )  # fmt: skip
 FLUSH_LAG = Histogram(
     "appliance_flusher_flush_lag_seconds",

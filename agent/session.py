@@ -102,6 +102,7 @@ class RoomSession:
         )
         greeting = self.settings.worker.resume_greeting if self.conv.resumed_from else self.settings.worker.greeting
         _time_to(self.session.say(greeting), metrics.GREETING, started)
+        metrics.PARTICIPANTS.set(len(self._humans()))
         if not self._humans():
             self._schedule_departure()
 
@@ -183,11 +184,13 @@ class RoomSession:
         return [p for p in self.ctx.room.remote_participants.values() if p.kind != agent_kind]
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        metrics.PARTICIPANTS.set(len(self._humans()))
         if self._departure is not None:
             self._departure.cancel()
             self._departure = None
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        metrics.PARTICIPANTS.set(len(self._humans()))
         if not self._humans():
             self._schedule_departure()
 
@@ -207,6 +210,7 @@ class RoomSession:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("room %s closing (%s)", self.ctx.room.name, reason)
+        metrics.PARTICIPANTS.set(0)
         with contextlib.suppress(StoreUnavailable):
             await self.conv.close("ended" if self.ended else "interrupted")
         await self.store.aclose()

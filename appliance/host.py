@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance import programs as registry
 from appliance import systemd
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
@@ -38,8 +39,15 @@ PACKAGES_BEFORE = STATE_FILE.with_name("packages-before")
 BOOTSTRAP_PACKAGES = ("python3", "python3-venv")
 CREATECLUSTER_CONF = Path("/etc/postgresql-common/createcluster.d/50-appliance.conf")
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
-# The Debian packages installed here (install.sh installs python3 and python3-venv first).
+# The Debian packages installed here (install.sh installs python3 and python3-venv first), and the one installed
+# only when [metrics] prometheus is on.
 PACKAGES = ("redis-server", "postgresql", "iproute2", "ca-certificates")
+PROMETHEUS_PACKAGE = "prometheus"
+
+
+def packages(settings: ApplianceSettings) -> tuple[str, ...]:
+    """The Debian packages this box's settings need."""
+    return (*PACKAGES, PROMETHEUS_PACKAGE) if registry.BY_NAME["prometheus"].runs_with(settings) else PACKAGES
 
 
 # ---- facts about the box ----------------------------------------------------------------------------------------
@@ -88,14 +96,26 @@ class Host:
             return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log).returncode
 
 
-def record_state(config_file: Path, report: Report) -> InstallState:
+def _service_values(unit: str) -> dict[str, str]:
+    key = state_key(unit)
+    return {
+        f"{key}_PACKAGE": "installed" if package_installed(DEBIAN_SERVICES[unit]) else "absent",
+        f"{key}_ENABLED": systemd.query("is-enabled", unit),
+        f"{key}_ACTIVE": systemd.query("is-active", unit),
+    }
+
+
+def record_state(config_file: Path, settings: ApplianceSettings, report: Report) -> InstallState:
     """The box as the first run found it: before install.sh changed anything, the packages it had (then the
-    bootstrap's packages, and those they pulled in, count as added), and Debian's own services."""
+    bootstrap's packages, and those they pulled in, count as added), and Debian's own services; a service first
+    needed later (Prometheus's, once [metrics] prometheus is on) is recorded by that run, before its package."""
     state = InstallState.read(STATE_FILE)
     before = set(PACKAGES_BEFORE.read_text().split()) if PACKAGES_BEFORE.exists() else None
+    needed = packages(settings)
     added = [
-        p for p in (*BOOTSTRAP_PACKAGES, *PACKAGES) if before is not None and p not in before and package_installed(p)
+        p for p in (*BOOTSTRAP_PACKAGES, *needed) if before is not None and p not in before and package_installed(p)
     ]
+    units = [unit for unit, package in DEBIAN_SERVICES.items() if package in needed]
     if state is None:
         values = {
             "APPLIANCE_HOME": str(APPLIANCE_HOME),
@@ -104,29 +124,35 @@ def record_state(config_file: Path, report: Report) -> InstallState:
             "CLI_LINK": str(CLI_LINK),
             "CREATECLUSTER_CONF": str(CREATECLUSTER_CONF),
         }
-        for unit in DEBIAN_SERVICES:
-            key = state_key(unit)
-            values[f"{key}_PACKAGE"] = "installed" if package_installed(unit.removesuffix(".service")) else "absent"
-            values[f"{key}_ENABLED"] = systemd.query("is-enabled", unit)
-            values[f"{key}_ACTIVE"] = systemd.query("is-active", unit)
+        for unit in units:
+            values |= _service_values(unit)
         values |= {"PACKAGES_ADDED": " ".join(added), "SERVICES_DISABLED": ""}
         state = InstallState(STATE_FILE, values)
         state.write()
         report("created", f"state {STATE_FILE}")
-    elif added:
-        state.add("PACKAGES_ADDED", *added)
-        report("changed", f"state {STATE_FILE} (added {' '.join(added)})")
+        PACKAGES_BEFORE.unlink(missing_ok=True)
+        return state
+    new_units = [unit for unit in units if f"{state_key(unit)}_PACKAGE" not in state.values]
+    for unit in new_units:
+        state.values |= _service_values(unit)
+    if added:
+        state.add("PACKAGES_ADDED", *added)  # writes the file, the new services' lines too
+    elif new_units:
+        state.write()
+    if added or new_units:
+        report("changed", f"state {STATE_FILE} (added {' '.join(added + new_units)})")
     else:
         report("unchanged", f"state {STATE_FILE}")
     PACKAGES_BEFORE.unlink(missing_ok=True)
     return state
 
 
-def ensure_packages(state: InstallState, host: Host, report: Report) -> None:
+def ensure_packages(state: InstallState, settings: ApplianceSettings, host: Host, report: Report) -> None:
     """The Debian packages, with no service started by their installation and no default PostgreSQL cluster."""
-    missing = [p for p in PACKAGES if not package_installed(p)]
+    needed = packages(settings)
+    missing = [p for p in needed if not package_installed(p)]
     if not missing:
-        report("unchanged", f"Debian packages ({', '.join(PACKAGES)})")
+        report("unchanged", f"Debian packages ({', '.join(needed)})")
         return
     if "postgresql" in missing and not CREATECLUSTER_CONF.exists():
         # Debian would create and start a "main" cluster on 5432; the appliance runs its own.
@@ -161,8 +187,8 @@ def _no_service_starts() -> Iterator[None]:
 
 
 def ensure_debian_services_off(state: InstallState, report: Report) -> None:
-    """Debian's redis-server and postgresql services that came with our packages stay off: the appliance runs its
-    own. Services that were there before are left exactly as they were."""
+    """Debian's redis-server, postgresql and prometheus services that came with our packages stay off: the
+    appliance runs its own. Services that were there before are left exactly as they were."""
     if shutil.which("systemctl") is None:
         return
     changed = []

@@ -116,8 +116,8 @@ def _set_up_host(
 ) -> None:
     livekit_given = options.livekit_server_bin is not None
     host.preflight(settings, layout, livekit_given=livekit_given, report=report)
-    state = host.record_state(options.config_file, report)
-    host.ensure_packages(state, box, report)
+    state = host.record_state(options.config_file, settings, report)
+    host.ensure_packages(state, settings, box, report)
     host.ensure_debian_services_off(state, report)
     host.ensure_cli_link(Path(sys.prefix), report)
     if settings.bundles_livekit and not livekit_given:
@@ -232,6 +232,8 @@ def _ensure_dirs(settings: ApplianceSettings, layout: Layout, user: pwd.struct_p
     ]
     if settings.runs_stores:
         wanted += [(layout.redis_dir, 0o700, uid, gid), (layout.pg_data, 0o700, uid, gid)]
+    if registry.BY_NAME["prometheus"].runs_with(settings):
+        wanted.append((layout.prometheus_dir, 0o700, uid, gid))
     changed = []
     for path, mode, owner, group in wanted:
         if not path.exists():

@@ -1,6 +1,6 @@
-"""The install-state file: the box as the first install found it (Debian's own Redis and PostgreSQL services, the
-packages the installer added, where it put things). Written here on the first run of install.sh (appliance.host),
-extended by later runs, and read by ``appliance uninstall`` to put the box back."""
+"""The install-state file: the box as the first install found it (Debian's own Redis, PostgreSQL and Prometheus
+services, the packages the installer added, where it put things). Written here on the first run of install.sh
+(appliance.host), extended by later runs, and read by ``appliance uninstall`` to put the box back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from appliance.files import write_atomic
 
 STATE_FILE = Path("/var/lib/appliance/install-state.env")
 HEADER = "# Written by the appliance's installer on its first run: the box before it. `appliance uninstall` reads it."
-DEBIAN_SERVICES = ("redis-server.service", "postgresql.service")
+# Debian's services of the packages the appliance installs, and each one's package.
+DEBIAN_SERVICES = {
+    "redis-server.service": "redis-server",
+    "postgresql.service": "postgresql",
+    "prometheus.service": "prometheus",
+}
 
 
 def state_key(unit: str) -> str:

@@ -67,6 +67,18 @@ class Layout:
         return self.etc_dir / "livekit.yaml"
 
     @property
+    def prometheus_conf(self) -> Path:
+        return self.etc_dir / "prometheus.yml"
+
+    @property
+    def prometheus_rules(self) -> Path:
+        return self.etc_dir / "alerts.yml"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.data_dir / "prometheus"
+
+    @property
     def redis_dir(self) -> Path:
         return self.data_dir / "redis"
 

@@ -1,4 +1,5 @@
-"""Run a program that logs zap console lines (livekit-server) with each line's level made a journald ``<N>`` prefix.
+"""Run a program that logs its level as text (livekit-server's zap lines, Prometheus's logfmt) with each line's level
+made a journald ``<N>`` prefix.
 
     python -m appliance.logprefix -- COMMAND [ARG...]
 
@@ -7,6 +8,7 @@ syslog. We exec the program in this process, so supervisord's pid is the program
 its exit code is supervisord's to see. Before that, a forked filter takes the program's stdout and stderr through a
 pipe and writes each line to our stdout (systemd-cat's journal stream) as ``<N>LEVEL logger caller message``: the
 time goes (journald records it), a line without a level (a stack trace) keeps the level of the line before it.
+Prometheus writes ``ts=TIME caller=... level=info msg=...``: its ``ts=`` goes the same way.
 The filter ends when the program's end of the pipe closes, i.e. when the program exits, however it dies.
 """
 
@@ -24,6 +26,7 @@ ZAP_LEVELS = {"DEBUG": 7, "INFO": 6, "WARN": 4, "ERROR": 3, "DPANIC": 2, "PANIC"
 # A Go runtime crash is printed raw, not through the logger.
 _GO_CRASH = ("panic: ", "fatal error: ")
 _RECORD = re.compile(r"^[0-9][0-9T:.+\-Z]*\t([A-Z]+)\t")
+_LOGFMT = re.compile(r"^ts=\S+ (.*\blevel=(debug|info|warn|error)\b.*)$")
 
 
 def prefixed(line: str, previous: int) -> tuple[str, int]:
@@ -32,6 +35,10 @@ def prefixed(line: str, previous: int) -> tuple[str, int]:
     if record and record[1] in ZAP_LEVELS:
         level = ZAP_LEVELS[record[1]]
         return f"<{level}>" + " ".join(line.split("\t")[1:]), level
+    logfmt = _LOGFMT.match(line)
+    if logfmt:
+        level = ZAP_LEVELS[logfmt[2].upper()]
+        return f"<{level}>{logfmt[1]}", level
     if line.startswith(_GO_CRASH):
         return f"<2>{line}", 2
     return f"<{previous}>{line}", previous

@@ -56,7 +56,7 @@ class ProgramOutput:
 
 
 def program_output(program: str, *, journal: bool, log_dir: Path, python: str | Path = sys.executable) -> ProgramOutput:
-    """For the supervisord program ``program`` (redis, postgres, livekit, flusher, worker, worker-alt)."""
+    """For the supervisord program ``program`` (appliance/programs.py)."""
     directives = {
         "redirect_stderr": "true",
         "stdout_logfile": str(log_dir / f"{program}.log"),
@@ -73,8 +73,8 @@ def program_output(program: str, *, journal: bool, log_dir: Path, python: str | 
         f"--stderr-priority={registry.BY_NAME[program].stderr_level}",
         "--level-prefix=true",
     )
-    if program == "livekit":
-        # livekit-server writes "time LEVEL ..." lines: logprefix turns the level into "<N>" and execs it.
+    if registry.BY_NAME[program].prefix_levels:
+        # livekit-server and Prometheus write their levels as text: logprefix turns them into "<N>" and execs it.
         prefix += (str(python), "-m", "appliance.logprefix", "--")
     return ProgramOutput(prefix, directives, environment)
 

@@ -4,7 +4,8 @@ Each scrape asks the same probes and verdict as ``appliance status`` (appliance.
 figures (psutil), and turns them into Prometheus series: nothing is kept between scrapes, so the series of an ended
 room or a stopped program are gone with it. Beside them go the histograms and counters the worker's room processes
 and the flusher record in files (appliance/recorded.py), livekit-agents' own lk_agents_* among them. /health
-answers the verdict: 200 when healthy or degraded (the verdict in the body), 503 otherwise. Both listen on their own address ([metrics] bind/port, health_bind/health_port).
+answers the verdict: 200 when healthy or degraded (the verdict in the body), 503 otherwise. Both listen on their
+own address ([metrics] bind/port, health_bind/health_port).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ class Program:
     # The two workers of a graceful restart are one service.
     service: str
     priority: int  # supervisord starts programs in ascending priority and stops them in reverse
-    runs: Literal["always", "stores", "livekit", "metrics"]  # every box, own stores, bundled LiveKit, [metrics] on
+    # Every box, own stores, bundled LiveKit, [metrics] on, [metrics] prometheus on.
+    runs: Literal["always", "stores", "livekit", "metrics", "prometheus"]
     reads: frozenset[str] = frozenset()  # settings sections whose change restarts it (its rendered files aside)
     worker: bool = False  # one of the two workers a graceful restart alternates between
     writes_store: bool = False  # writes conversations: stopped for a restore, first
@@ -44,6 +45,9 @@ class Program:
     # The level of a stderr line without a "<N>" prefix: an error, but PostgreSQL's stderr holds, at every start,
     # "LOG: ending log output to stderr" and its HINT before it switches to syslog, which as errors are a false alarm.
     stderr_level: str = "err"
+    # Writes its level as text in each line (zap's "\tINFO\t", logfmt's "level=info"): appliance.logprefix turns it
+    # into the journal's priority.
+    prefix_levels: bool = False
     # How supervisord stops it: the signal, and how long it waits before KILL (None: the worker's, from its drain).
     stopsignal: str = "TERM"
     stopwaitsecs: int | None = 60
@@ -57,6 +61,8 @@ class Program:
             return settings.bundles_livekit
         if self.runs == "metrics":
             return settings.metrics.enabled
+        if self.runs == "prometheus":
+            return settings.metrics.enabled and settings.metrics.prometheus
         return True
 
     def port(self, purpose: str, settings: ApplianceSettings) -> int:
@@ -104,6 +110,7 @@ PROGRAMS: tuple[Program, ...] = (
         "livekit",
         30,
         "livekit",
+        prefix_levels=True,
         stopwaitsecs=5,
         ports=(
             Port("livekit_server.port"),
@@ -121,6 +128,18 @@ PROGRAMS: tuple[Program, ...] = (
         ours=True,
         ports=(Port("metrics.port"), Port("metrics.health_port")),
         stopwaitsecs=10,
+    ),
+    # The optional bundled Prometheus: it scrapes the exporter and evaluates the alert rules. TERM is its clean
+    # shutdown (the head block's WAL is closed); a large head can take a while to write out.
+    Program(
+        "prometheus",
+        "prometheus",
+        36,
+        "prometheus",
+        reads=frozenset({"metrics"}),
+        ports=(Port("metrics.prometheus_port"),),
+        prefix_levels=True,
+        stopwaitsecs=60,
     ),
     # TERM: the flusher writes what it has read, acknowledges it and exits.
     Program(

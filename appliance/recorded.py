@@ -57,7 +57,7 @@ def read(directories: Mapping[str, Path], *, compact: bool = False) -> list[Metr
         with _locked(directory, exclusive=compact):
             if compact:
                 _compact(directory)
-            files = [str(f) for f in directory.glob("*.db") if f.stat().st_size > 0]
+            files = [str(f) for f in directory.glob("*.db") if f.stat().st_size > 0 and not _dead_live_gauge(f)]
             try:
                 recorded = MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
             except (FileNotFoundError, struct.error):  # the worker empties its directory as it starts
@@ -78,6 +78,18 @@ def _locked(directory: Path, *, exclusive: bool) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def _pid_of(file: Path) -> tuple[str, int | None]:
+    """A figures file's kind and the pid that wrote it: ("gauge_livesum", 123); None for an archive."""
+    kind, _, pid = file.stem.rpartition("_")
+    return kind, int(pid) if pid.isdigit() else None
+
+
+def _dead_live_gauge(file: Path) -> bool:
+    """A gauge of a process no longer alive that counts only while its process lives (livesum and the like)."""
+    kind, pid = _pid_of(file)
+    return kind.startswith("gauge_live") and pid is not None and not psutil.pid_exists(pid)
+
+
 def _compact(directory: Path) -> None:
     """Fold the files of processes no longer alive into ``<kind>_archive.db``; drop their gauges.
 
@@ -85,8 +97,8 @@ def _compact(directory: Path) -> None:
     those processes twice once, never loses them."""
     dead: dict[str, list[Path]] = {}
     for file in directory.glob("*.db"):
-        kind, _, pid = file.stem.rpartition("_")
-        if not pid.isdigit() or psutil.pid_exists(int(pid)):
+        kind, pid = _pid_of(file)
+        if pid is None or psutil.pid_exists(pid):
             continue
         if kind.startswith("gauge"):
             file.unlink(missing_ok=True)

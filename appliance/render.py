@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 import shutil
 from dataclasses import dataclass, field, replace
@@ -59,6 +60,27 @@ def redis_server() -> str:
     return shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
+def prometheus_bin() -> str:
+    return shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def _prometheus_command(settings: ApplianceSettings, layout: Layout) -> str:
+    m = settings.metrics
+    # The admin API gives `appliance backup` its consistent snapshot; like the rest, only loopback reaches it.
+    return (
+        f"{prometheus_bin()} --config.file={layout.prometheus_conf} --storage.tsdb.path={layout.prometheus_dir}"
+        f" --storage.tsdb.retention.time={m.retention} --storage.tsdb.retention.size={m.retention_size}"
+        f" --web.listen-address=127.0.0.1:{m.prometheus_port} --web.enable-admin-api"
+    )
+
+
+def scrape_target(settings: ApplianceSettings) -> str:
+    """Where Prometheus finds the exporter: its own address, or loopback when it listens on every address."""
+    bind = ipaddress.ip_address(settings.metrics.bind)
+    host = "127.0.0.1" if bind.is_unspecified else str(bind)
+    return f"[{host}]:{settings.metrics.port}" if ":" in host else f"{host}:{settings.metrics.port}"
+
+
 def _command(name: str, settings: ApplianceSettings, layout: Layout) -> str:
     python = layout.bin("python")
     commands = {
@@ -66,6 +88,7 @@ def _command(name: str, settings: ApplianceSettings, layout: Layout) -> str:
         "postgres": lambda: f"{postgres_bindir() / 'postgres'} -c config_file={layout.postgres_conf}",
         "livekit": lambda: f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
         "metrics": lambda: f"{python} -m appliance.metrics",
+        "prometheus": lambda: _prometheus_command(settings, layout),
         "flusher": lambda: f"{python} -m agent.flusher",
         "worker": lambda: f"{python} -m agent.worker",
         "worker-alt": lambda: f"{python} -m agent.worker",
@@ -195,4 +218,20 @@ def render_all(settings: ApplianceSettings, layout: Layout, *, journal: bool | N
                 programs=frozenset({"livekit"}),
             )
         )
+    if registry.BY_NAME["prometheus"].runs_with(settings):
+        token = settings.metrics.token.get_secret_value() if settings.metrics.token else None
+        files += [
+            ConfigFile(
+                layout.prometheus_conf,
+                env.get_template("prometheus.yml.j2").render(**context, target=scrape_target(settings), token=token),
+                secret=token is not None,
+                programs=frozenset({"prometheus"}),
+            ),
+            ConfigFile(
+                layout.prometheus_rules,
+                resource_path("config/prometheus/alerts.yml").read_text(),
+                secret=False,
+                programs=frozenset({"prometheus"}),
+            ),
+        ]
     return files

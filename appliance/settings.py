@@ -41,6 +41,14 @@ class MetricsSettings(Section):
     room_names: bool = False
     # Required of scrapers (Authorization: Bearer ...) when set; needed when bind is not loopback.
     token: SecretStr | None = None
+    # A Prometheus of the appliance's own (Debian's package, one more supervised program, on loopback) scraping
+    # the exporter and evaluating the shipped alert rules; its data lives in <data_dir>/prometheus.
+    prometheus: bool = False
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    scrape_interval_s: int = Field(15, ge=1, le=300)
+    # How long and how much it keeps (Prometheus's --storage.tsdb.retention.time and .size): whichever ends first.
+    retention: str = Field("15d", pattern=r"^[1-9][0-9]*(h|d|w|y)$")
+    retention_size: str = Field("2GB", pattern=r"^[1-9][0-9]*(MB|GB|TB)$")
 
     @field_validator("bind", "health_bind")
     @classmethod

@@ -238,9 +238,21 @@ LIVEKIT_INFO = (
         ("\tgithub.com/livekit/x.go:12", 3, "<3>\tgithub.com"),
         ("panic: runtime error", 6, "<2>panic: runtime error"),
         ("started without a level", 6, "<6>started"),
+        # Prometheus (logfmt)
+        (
+            'ts=2026-12-06T08:57:53.996Z caller=main.go:551 level=info msg="Starting Prometheus Server"',
+            3,
+            '<6>caller=main.go:551 level=info msg="Starting Prometheus Server"',
+        ),
+        (
+            'ts=2026-12-06T08:57:53.996Z caller=scrape.go:1 level=warn component="scrape manager" msg=x',
+            6,
+            '<4>caller=scrape.go:1 level=warn component="scrape manager"',
+        ),
+        ("ts=2026-12-06T08:57:53.996Z caller=main.go:1 level=error err=boom", 6, "<3>caller=main.go:1 level=error"),
     ],
 )
-def test_logprefix_maps_zap_levels(line: str, previous: int, expected: str) -> None:
+def test_logprefix_maps_zap_and_logfmt_levels(line: str, previous: int, expected: str) -> None:
     text, _ = prefixed(line, previous)
     assert text.startswith(expected)
 
@@ -333,7 +345,8 @@ def test_an_unknown_program_names_the_valid_ones() -> None:
     with pytest.raises(ApplianceError) as excinfo:
         check_program("workr")
     assert str(excinfo.value) == (
-        "unknown program 'workr': choose one of supervisord, redis, postgres, livekit, metrics, flusher, worker"
+        "unknown program 'workr': choose one of supervisord, redis, postgres, livekit, metrics, prometheus, flusher,"
+        " worker"
     )
     assert check_program("worker-alt") == "worker"
     assert check_program(None) is None
@@ -346,7 +359,7 @@ def test_journalctl_invocation() -> None:
     every = journal_command(None)
     assert every[1:] == [
         f"--identifier=appliance-{p}"
-        for p in ("supervisord", "redis", "postgres", "livekit", "metrics", "flusher", "worker")
+        for p in ("supervisord", "redis", "postgres", "livekit", "metrics", "prometheus", "flusher", "worker")
     ]
 
 
@@ -389,7 +402,7 @@ def test_files_are_merged_by_time_named_by_program_and_tracebacks_stay_whole(tmp
         f"flusher | {stamp(4)} INFO f4",
         f"worker | {stamp(5)} w5",
     ]
-    assert set(found.missing) == {"supervisord", "postgres", "livekit", "metrics"}
+    assert set(found.missing) == {"supervisord", "postgres", "livekit", "metrics", "prometheus"}
     assert read_files(tmp_path, None, lines=2).lines == [f"flusher | {stamp(4)} INFO f4", f"worker | {stamp(5)} w5"]
     since = datetime(2026, 5, 1, 12, 3, tzinfo=UTC)
     assert read_files(tmp_path, "worker", since=since).lines == [

@@ -21,12 +21,15 @@ FULL_REDIS = REDIS.model_copy(update={"keys": 42, "keyspace_hits": 900, "keyspac
 FULL_FLUSHER = FLUSHER.model_copy(update={"persisted": 500, "errors": 0, "dead_lettered": 1, "spool_files": 0})
 
 
+COUNTERS = {"started": 7, "crashes": {"memory": 2}, "redispatches": 3, "given_up": 0}
+
+
 def report(**fields: object) -> Report:
     values: dict[str, object] = {
         "state": "healthy", "exit_code": 0, "verdict": "healthy: 6 programs running, 2 rooms", "problems": [],
         "supervisord": UP, "programs": [p.model_copy(update={"pss_mb": 50.0}) for p in whole()], "redis": FULL_REDIS,
         "postgres": PG, "flusher": FULL_FLUSHER, "collected_at": 0,
-        "workers": [registered(rooms=ROOMS, counters={"crashes": {"memory": 2}, "redispatches": 3, "given_up": 0})],
+        "workers": [registered(rooms=ROOMS, counters=COUNTERS)],
     }  # fmt: skip
     return Report.model_validate({**values, **fields})
 

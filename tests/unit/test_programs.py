@@ -12,14 +12,14 @@ def test_a_restore_stops_the_workers_before_the_flusher() -> None:
 
 
 def test_services_are_in_start_order_and_the_two_workers_are_one() -> None:
-    assert programs.SERVICES == ("redis", "postgres", "livekit", "metrics", "flusher", "worker")
+    assert programs.SERVICES == ("redis", "postgres", "livekit", "metrics", "prometheus", "flusher", "worker")
     assert programs.service_of("worker-alt") == "worker" and programs.LOGGED[0] == "supervisord"
 
 
 def test_a_settings_section_restarts_its_readers_only() -> None:
     assert programs.readers("models") == {"worker"}
     assert programs.readers("redis") == {"worker", "flusher", "metrics"}
-    assert programs.readers("metrics") == {"metrics"}
+    assert programs.readers("metrics") == {"metrics", "prometheus"}
     assert programs.readers("livekit_server") == frozenset()  # its rendered file restarts livekit
 
 

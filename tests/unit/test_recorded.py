@@ -8,6 +8,8 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ metrics.appended("redis", 0.002)
 metrics.appended("postgres", 0.02)
 metrics.GREETING.observe(0.3)
 metrics.FLUSH_LAG.observe(0.05)
+metrics.PARTICIPANTS.set(2)
 from prometheus_client import Gauge
 Gauge("appliance_test_level", "a gauge of this process", multiprocess_mode="livesum").set(1)
 if sys.argv[2] == "kill":
@@ -40,10 +43,26 @@ def record(directory: Path, replies: list[float], *, end: str = "kill") -> None:
     assert done.returncode == (-9 if end == "kill" else 0), done.stderr
 
 
+@contextmanager
+def live_recorder(directory: Path, replies: list[float]) -> Iterator[int]:
+    """A process that recorded and stays alive (its live gauges count) until the block ends; yields its pid."""
+    live = subprocess.Popen(
+        [sys.executable, "-c", RECORDER + "\nsys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()",
+         ",".join(map(str, replies)), "live"],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert live.stdout is not None and live.stdout.readline() == "ready\n"
+        yield live.pid
+    finally:
+        live.communicate("")
+
+
 def figures(directory: Path) -> list[Metric]:
-    """What one room process that recorded every figure of agent/metrics.py left, as the exporter reads it."""
-    record(directory, [0.2])
-    return recorded.read({"worker": directory})
+    """What a live room process that recorded every figure of agent/metrics.py left, as the exporter reads it."""
+    with live_recorder(directory, [0.2]):
+        return recorded.read({"worker": directory})
 
 
 def value(directory: Path, sample: str, **labels: str) -> float:
@@ -60,6 +79,8 @@ def test_a_killed_room_process_keeps_its_counts(tmp_path: Path) -> None:
     assert value(tmp_path, "appliance_room_reply_seconds_sum") == pytest.approx(3.6)
     assert value(tmp_path, "appliance_room_reply_seconds_bucket", le="0.5") == 2
     assert value(tmp_path, "appliance_store_fallbacks_total", tier="postgres") == 1
+    # Its live gauge went with it, before any compaction.
+    assert not any(s.name == "appliance_test_level" for f in recorded.read({"worker": tmp_path}) for s in f.samples)
 
 
 def test_compaction_folds_dead_processes_into_one_file_and_counts_each_once(tmp_path: Path) -> None:
@@ -82,19 +103,11 @@ def test_compaction_folds_dead_processes_into_one_file_and_counts_each_once(tmp_
 
 
 def test_compaction_leaves_live_processes_alone(tmp_path: Path) -> None:
-    live = subprocess.Popen(
-        [sys.executable, "-c", RECORDER + "\nsys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()",
-         "0.2", "live"],
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert live.stdout is not None and live.stdout.readline() == "ready\n"
+    with live_recorder(tmp_path, [0.2]) as pid:
         recorded.read({"worker": tmp_path}, compact=True)
-        assert (tmp_path / f"histogram_{live.pid}.db").exists()
+        assert (tmp_path / f"histogram_{pid}.db").exists()
         assert value(tmp_path, "appliance_test_level") == 1  # its gauge, summed over live processes
-    finally:
-        live.communicate("")
+        assert value(tmp_path, "appliance_room_participants") == 2
 
 
 def test_latencies_summarise_every_program(tmp_path: Path) -> None:
