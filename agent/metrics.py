@@ -43,6 +43,8 @@ PARTICIPANTS = Gauge(
     "appliance_room_participants", "People (not agents) in the rooms this program's processes serve",
     multiprocess_mode="livesum",
 )  # fmt: skip
+for _tier in ("postgres", "spool"):
+    FALLBACKS.labels(_tier)  # 0 until it happens: rates and alerts start at 0
 FLUSH_LAG = Histogram(
     "appliance_flusher_flush_lag_seconds",
     "Age of a write-ahead entry when the flusher stored it in PostgreSQL",

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.metrics")
 MB = 2**20
+CRASH_CAUSES = ("memory", "killed", "exit")  # agent.worker.exit_cause's
 
 
 def families(report: status.Report, *, room_names: bool, data_dir: Path) -> Iterator[Metric]:
@@ -95,8 +96,9 @@ def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Met
         registered.add_metric([name], worker.registered)
         draining.add_metric([name], worker.draining)
         rooms.add_metric([name], len(worker.rooms))
-        for cause, count in (worker.counters.get("crashes") or {}).items():
-            crashes.add_metric([name, cause], count)
+        counted = worker.counters.get("crashes") or {}
+        for cause in sorted(set(CRASH_CAUSES) | set(counted)):  # 0 until it happens: rates and alerts start at 0
+            crashes.add_metric([name, cause], counted.get(cause, 0))
         for event in ("started", "redispatches", "reconciled", "given_up"):
             if event in worker.counters:
                 events.add_metric([name, event], worker.counters[event])

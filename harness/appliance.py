@@ -92,6 +92,9 @@ alt_status_port = {free_port()}
 [metrics]
 port = {free_port()}
 health_port = {free_port()}
+prometheus = true
+prometheus_port = {free_port()}
+scrape_interval_s = 1
 [livekit_server]
 bin = "{p}/opt/appliance/bin/livekit-server"
 port = {free_port()}

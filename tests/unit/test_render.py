@@ -9,6 +9,7 @@ from appliance.layout import Layout
 from appliance.render import render_all
 from appliance.settings import ApplianceSettings
 from appliance.tuning import postgres_tuning
+from tests.unit.test_alerts import ROOT, promtool
 
 SECRETS = {"redis": {"password": "r-secret"}, "postgres": {"password": "p-secret"},
            "livekit": {"api_key": "APIkey", "api_secret": "lk-secret"}}  # fmt: skip
@@ -109,3 +110,26 @@ def test_the_worker_and_the_flusher_each_get_their_own_redis_user() -> None:
 def test_livekit_offers_jobs_up_to_the_workers_max_rooms() -> None:
     """livekit-server's default target_load (0.7) starved a worker past 70 % of max_rooms (bench/rooms.py, 50 rooms)."""
     assert "\nagents:\n  target_load: 1.0\n" in rendered()["livekit.yaml"]
+
+
+def test_the_bundled_prometheus_is_loopback_only_and_its_config_passes_promtool(tmp_path: Path) -> None:
+    assert "prometheus.yml" not in rendered()  # off by default
+    settings = ApplianceSettings(
+        **SECRETS,  # type: ignore[arg-type]
+        metrics={"prometheus": True, "bind": "0.0.0.0", "token": "scrape-secret", "retention": "30d"},
+        control={"data_dir": str(tmp_path / "data")},
+    )
+    layout = Layout.of(settings, tmp_path / "etc" / "appliance.toml")
+    files = {f.path: f for f in render_all(settings, layout, journal=False)}
+    for file in files.values():
+        file.path.parent.mkdir(parents=True, exist_ok=True)
+        file.path.write_text(file.text)
+    config = files[layout.prometheus_conf]
+    assert config.secret and '"scrape-secret"' in config.text and "127.0.0.1:9464" in config.text
+    assert files[layout.prometheus_rules].text == (ROOT / "config/prometheus/alerts.yml").read_text()
+    done = promtool("check", "config", str(layout.prometheus_conf))
+    assert done.returncode == 0 and "SUCCESS: 10 rules found" in done.stdout, done.stdout + done.stderr
+    command = supervisord(files[layout.supervisord_conf].text)["program:prometheus"]["command"]
+    for flag in ("--web.listen-address=127.0.0.1:9090", "--storage.tsdb.retention.time=30d",
+                 "--storage.tsdb.retention.size=2GB", f"--storage.tsdb.path={tmp_path}/data/prometheus"):  # fmt: skip
+        assert flag in command.split()
