@@ -37,10 +37,11 @@ from agent.store.keys import Keys
 from agent.store.spool import SUFFIX
 from appliance.errors import ApplianceError
 from appliance.masking import mask
+from appliance.prometheus_backup import PREFIX, BundledPrometheus, snapshot
 from appliance.stores import on_redis, postgres_connection, redis_client
 
 FORMAT = "livekit-appliance-backup"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the bundled Prometheus's data (prometheus_files)
 MANIFEST = "manifest.json"
 PG_DUMP = "postgres.dump"
 REDIS_KEYS = "redis.jsonl"  # one key per line: {"key": suffix after the prefix, "ttl_ms": 0 | n, "dump": base64}
@@ -80,6 +81,7 @@ class Manifest:
     redis_keys: int
     spool_files: list[str] = field(default_factory=list)
     config_files: list[str] = field(default_factory=list)  # names under config/: appliance.toml, secrets.toml
+    prometheus_files: list[str] = field(default_factory=list)  # members under prometheus/: its snapshot
     checksums: dict[str, str] = field(default_factory=dict)  # sha256 of every other member
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -149,6 +151,8 @@ def make_backup(settings: AgentSettings, files: ConfigFiles, target: Path, *, pr
                 config_files.append(path.name)
         members += [CONFIG + name for name in config_files]
         progress(f"config: {', '.join(config_files) or 'none found'}")
+        prometheus_files = _snapshot_prometheus(settings, work, progress)
+        members += prometheus_files
         manifest = Manifest(
             created_at=time.time(),
             appliance_version=_version(),
@@ -161,10 +165,26 @@ def make_backup(settings: AgentSettings, files: ConfigFiles, target: Path, *, pr
             redis_keys=count,
             spool_files=spool_files,
             config_files=config_files,
+            prometheus_files=prometheus_files,
             checksums={name: _sha256(work / name) for name in members},
         )
         _write_archive(target, manifest, work, members)
     return Backup(target, target.stat().st_size, manifest)
+
+
+def _snapshot_prometheus(settings: AgentSettings, work: Path, progress: Progress) -> list[str]:
+    """The bundled Prometheus's data, when the box runs one. Monitoring history is not worth a failed backup of
+    the conversations: when Prometheus cannot give a snapshot the backup goes on without it, and says so."""
+    prometheus = BundledPrometheus.of(settings)
+    if prometheus is None:
+        return []
+    try:
+        names = snapshot(prometheus, work)
+    except ApplianceError as exc:
+        progress(f"warning: {exc}: the backup holds no metrics history")
+        return []
+    progress(f"prometheus: snapshot of {len(names)} files ({_size(work / PREFIX)})")
+    return names
 
 
 def read_manifest(archive: Path) -> Manifest:
@@ -368,7 +388,9 @@ def _sha256(path: Path) -> str:
 
 
 def _size(path: Path) -> str:
-    size = float(path.stat().st_size)
+    """A file's size, or a directory's (its files'), for people."""
+    files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+    size = float(sum(f.stat().st_size for f in files))
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -51,6 +51,7 @@ from appliance.backup import (
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
 from appliance.programs import WRITERS
+from appliance.prometheus_backup import BundledPrometheus, put_back
 from appliance.stores import on_redis, postgres_connection, redis_client
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class Restored:
     redis_keys: int = 0
     spool_files: int = 0
     config_files: list[str] = field(default_factory=list)
+    prometheus_files: int = 0
     restarted: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +81,7 @@ class Restored:
             "redis": {"keys": self.redis_keys},
             "spool_files": self.spool_files,
             "config_files": self.config_files,
+            "prometheus_files": self.prometheus_files,
             "restarted": self.restarted,
         }
 
@@ -110,13 +113,33 @@ def restore(
                 progress(f"config: {', '.join(out.config_files) or 'none in the backup'}")
         finally:
             out.restarted = _start(supervisor, stopped, progress)
+        out.prometheus_files = _restore_prometheus(settings, tar, manifest, supervisor, progress)
     return out
+
+
+def _restore_prometheus(
+    settings: AgentSettings, tar: tarfile.TarFile, manifest: Manifest, supervisor: Supervisor | None, progress: Progress
+) -> int:
+    """The metrics history, last and apart: Prometheus alone is stopped for it, after the conversations are back."""
+    if not manifest.prometheus_files:
+        return 0
+    prometheus = BundledPrometheus.of(settings)
+    if prometheus is None:
+        progress("prometheus: the backup's metrics history is not restored: this box runs no bundled Prometheus")
+        return 0
+    stopped = _stop(supervisor, ["prometheus"], 90.0, progress)
+    try:
+        put_back(prometheus.data_dir, tar, manifest.prometheus_files)
+    finally:
+        _start(supervisor, stopped, progress)
+    progress(f"prometheus: {len(manifest.prometheus_files)} files of metrics history restored")
+    return len(manifest.prometheus_files)
 
 
 def check(tar: tarfile.TarFile, manifest: Manifest, archive: Path) -> None:
     """Every member present and intact, and a schema this appliance can migrate from."""
     expected = {PG_DUMP, REDIS_KEYS} | {SPOOL + n for n in manifest.spool_files}
-    expected |= {CONFIG + n for n in manifest.config_files}
+    expected |= {CONFIG + n for n in manifest.config_files} | set(manifest.prometheus_files)
     if not expected <= manifest.checksums.keys():
         raise ApplianceError(f"{archive}: not an appliance backup (its manifest lists no checksum for some files)")
     for name, wanted in manifest.checksums.items():
@@ -139,6 +162,11 @@ def check(tar: tarfile.TarFile, manifest: Manifest, archive: Path) -> None:
 
 
 def _stop_writers(supervisor: Supervisor | None, timeout_s: float, progress: Progress) -> list[str]:
+    return _stop(supervisor, list(WRITERS), timeout_s, progress)
+
+
+def _stop(supervisor: Supervisor | None, names: list[str], timeout_s: float, progress: Progress) -> list[str]:
+    """Stop those of ``names`` that run, in that order; the ones stopped."""
     if supervisor is None:
         return []
     from appliance.supervisor import SupervisorDown
@@ -147,7 +175,7 @@ def _stop_writers(supervisor: Supervisor | None, timeout_s: float, progress: Pro
         present = {p.name: p for p in supervisor.processes()}
     except SupervisorDown:
         return []  # the appliance is not running: nothing writes
-    running = [n for n in WRITERS if n in present and present[n].state in ("RUNNING", "STARTING", "BACKOFF")]
+    running = [n for n in names if n in present and present[n].state in ("RUNNING", "STARTING", "BACKOFF")]
     stopped: list[str] = []
     for name in running:
         progress(f"stopping {name}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from appliance.host import PROMETHEUS_PACKAGE
 from appliance.install_state import InstallState
 from harness import livekit
 from harness.chroot import FreshRoot, HostNetwork, clean_stale, mounts_under, pristine_tarball
@@ -26,7 +27,7 @@ LIVEKIT_BIN = "/root/livekit-server"
 INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 STATE_FILE = "/var/lib/appliance/install-state.env"
-DEBIAN_UNITS = ("redis-server.service", "postgresql.service")
+DEBIAN_UNITS = ("redis-server.service", "postgresql.service", "prometheus.service")
 # What an appliance leaves on a box, by path; more is found by name and by owner in test 8.
 OURS = [
     "/opt/appliance",
@@ -39,10 +40,13 @@ OURS = [
     "/etc/postgresql-common/createcluster.d/50-appliance.conf",
 ]
 # The appliance's settings for these boxes: every port of the bundled LiveKit on 127.0.0.1, ICE on loopback, a
-# loopback STUN address (the rest is loopback anyway). install keeps an existing config and fills in the rest.
+# loopback STUN address (the rest is loopback anyway), and the bundled Prometheus (its package and Debian's service
+# go through install and uninstall too). install keeps an existing config and fills in the rest.
 CONFIG = """\
 [livekit_server]
 loopback_only = true
+[metrics]
+prometheus = true
 """
 
 
@@ -110,7 +114,9 @@ def expected_state(root: FreshRoot) -> dict[str, str]:
         "CONFIG_FILE": "/etc/appliance/appliance.toml",
         "CLI_LINK": "/usr/local/bin/appliance",
         "CREATECLUSTER_CONF": "/etc/postgresql-common/createcluster.d/50-appliance.conf",
-        "PACKAGES_ADDED": " ".join(p for p in install_sh_packages() if not package_installed(root, p)),
+        "PACKAGES_ADDED": " ".join(
+            p for p in [*install_sh_packages(), PROMETHEUS_PACKAGE] if not package_installed(root, p)
+        ),
     }
     disabled = []
     for unit in DEBIAN_UNITS:
@@ -151,6 +157,7 @@ class DebianInstances:
 
     redis_enabled: bool
     postgresql_enabled: bool
+    prometheus_enabled: bool
     clusters: list[str]
     processes: list[tuple[str, int]]
 
@@ -158,7 +165,7 @@ class DebianInstances:
 def debian_instances(root: FreshRoot) -> DebianInstances:
     enabled = {
         unit: root.run(["systemctl", "--root=/", "is-enabled", unit]).stdout.strip() == "enabled"
-        for unit in ("redis-server.service", "postgresql.service")
+        for unit in DEBIAN_UNITS
     }
     clusters = root.run(["sh", "-c", "command -v pg_lsclusters >/dev/null && pg_lsclusters -h || true"])
     # Debian's run as its redis and postgres users (the appliance's as its own user).
@@ -177,6 +184,7 @@ def debian_instances(root: FreshRoot) -> DebianInstances:
     return DebianInstances(
         redis_enabled=enabled["redis-server.service"],
         postgresql_enabled=enabled["postgresql.service"],
+        prometheus_enabled=enabled["prometheus.service"],
         clusters=clusters.stdout.splitlines(),
         processes=sorted(main),
     )

@@ -28,14 +28,14 @@ class PrometheusAPI:
         assert body["status"] == "success", body
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant query's vector: [{"metric": {labels}, "value": [time, "text"]}, ...]."""
-        data = self.get("/api/v1/query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query's vector (now, or at the unix time ``at``): [{"metric": {labels}, "value": [t, "x"]}]."""
+        data = self.get("/api/v1/query", query=expr, **({} if at is None else {"time": str(at)}))
         assert data["resultType"] == "vector", (expr, data)
         return list(data["result"])
 
-    def values(self, expr: str) -> list[float]:
-        return [float(sample["value"][1]) for sample in self.query(expr)]
+    def values(self, expr: str, at: float | None = None) -> list[float]:
+        return [float(sample["value"][1]) for sample in self.query(expr, at)]
 
     def firing(self) -> set[str]:
         return {a["labels"]["alertname"] for a in self.get("/api/v1/alerts")["alerts"] if a["state"] == "firing"}

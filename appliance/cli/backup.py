@@ -44,8 +44,9 @@ def backup(app: App, file: Path | None, *, as_json: bool) -> None:
 def restore(app: App, file: Path, *, yes: bool, with_config: bool, as_json: bool) -> None:
     """Restore a backup made by `appliance backup`.
 
-    Replaces this appliance's data (its PostgreSQL database, its Redis keys, the spool) with FILE's. The file is
-    checked whole first; the workers and the flusher are stopped meanwhile and started again after."""
+    Replaces this appliance's data (its PostgreSQL database, its Redis keys, the spool, and the bundled
+    Prometheus's history when the backup has it) with FILE's. The file is checked whole first; the workers and the
+    flusher (then Prometheus) are stopped meanwhile and started again after."""
     from appliance.backup import ConfigFiles, read_manifest
     from appliance.layout import Layout
     from appliance.restore import restore as restore_backup
@@ -58,7 +59,8 @@ def restore(app: App, file: Path, *, yes: bool, with_config: bool, as_json: bool
         what = "data and config" if with_config else "data"
         click.confirm(
             f"Replace this appliance's {what} (database {settings.postgres.dbname}, Redis keys under"
-            f" {settings.store.key_prefix!r}, the spool) with the backup made on {manifest.hostname} at {made}?",
+            f" {settings.store.key_prefix!r}, the spool{', the metrics history' if manifest.prometheus_files else ''})"
+            f" with the backup made on {manifest.hostname} at {made}?",
             abort=True,
             err=True,
         )

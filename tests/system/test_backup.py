@@ -1,9 +1,10 @@
 """Test 9: `appliance backup`, the appliance removed with all its data, a new install, `appliance restore`: a
-conversation resumes with all its messages."""
+conversation resumes with all its messages, and the bundled Prometheus has the first box's history."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from appliance.supervisor import Supervisor
 from harness.appliance import InstalledAppliance
 from harness.inspect import connect
+from harness.prometheus import PrometheusAPI
 from harness.servers import wait_until
 
 
@@ -50,8 +52,12 @@ def test_backup_reinstall_restore_resumes_the_conversation_with_all_its_messages
     assert "holds 6 messages" in said[-1], said
     wait_until(lambda: len(stored(first, "support")[1]) == 7, 30, "the 7 messages flushed to PostgreSQL")
     conversation, before = stored(first, "support")
+    history = PrometheusAPI(f"http://127.0.0.1:{first.settings.metrics.prometheus_port}")
+    wait_until(lambda: history.values("appliance_flusher_persisted_total") == [7.0], 60, "Prometheus to see them")
+    seen_at = time.time()
     archive = tmp_path / "backup.tar.gz"
-    first.run("backup", str(archive))
+    made = first.run("backup", str(archive))
+    assert "prometheus: snapshot of" in made.stderr, made.stderr
     layout = first.layout
     first.run("uninstall", "--purge", "--yes")
     for gone in (layout.etc_dir, layout.data_dir, layout.log_dir):
@@ -62,7 +68,11 @@ def test_backup_reinstall_restore_resumes_the_conversation_with_all_its_messages
     keep_rooms_open(second)
     second.install()
     restored = json.loads(second.run("restore", str(archive), "--yes", "--json").stdout)
-    assert restored["restarted"] == ["flusher", "worker"]
+    assert restored["restarted"] == ["flusher", "worker"] and restored["prometheus_files"] > 0
+    # The first box's figures, at a time only it was running, are in the second box's Prometheus.
+    now = PrometheusAPI(f"http://127.0.0.1:{second.settings.metrics.prometheus_port}")
+    wait_until(now.ready, 60, "the restored Prometheus ready")
+    assert now.values("appliance_flusher_persisted_total", at=seen_at) == [7.0]
     said = chat(second, "support", ["four"], tmp_path)
 
     assert said[0] == f"agent: {second.settings.worker.resume_greeting}"
