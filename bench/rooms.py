@@ -82,7 +82,9 @@ GREETING_P99_MS = 1000
 RESUME_P50_MS = 2000
 
 
-KEYS = ("ours", "defaults", "spawn")
+KEYS = ("ours", "defaults", "spawn", "metrics")
+DEFAULT_KEYS = KEYS[:3]  # "metrics" is bench/metrics_overhead.py's
+SCRAPE_EVERY_S = 2.0  # with metrics on: more often than Prometheus's usual 15 s, so its cost shows
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class Config:
     label: str
     baseline: str  # bench/worker.py's baseline ("" for ours): how the worker builds its AgentServer
     idle: int
+    metrics: bool = False  # figures recorded and the exporter scraped every SCRAPE_EVERY_S
 
 
 def configurations() -> list[Config]:
@@ -106,6 +109,13 @@ def configurations() -> list[Config]:
             livekit_idle,
         ),
         Config("spawn", f"spawn, {OUR_IDLE} idle", "spawn", OUR_IDLE),
+        Config(
+            "metrics",
+            f"ours with metrics on, the exporter scraped every {SCRAPE_EVERY_S:g} s",
+            "",
+            OUR_IDLE,
+            metrics=True,
+        ),
     ]
 
 
@@ -146,7 +156,14 @@ async def run_configuration(stack: Stack, config: Config, rooms: int, plan: Plan
         progress(f"{rooms} rooms, {config.key}: {skipped}")
         return result_of(config, rooms, plan, Samples(), None, {}, [], [], errors=[skipped])
     deployment = await asyncio.to_thread(
-        deploy, stack, name, rooms=rooms, idle=config.idle, baseline=config.baseline, spare=plan.kills + 10
+        deploy,
+        stack,
+        name,
+        rooms=rooms,
+        idle=config.idle,
+        baseline=config.baseline,
+        spare=plan.kills + 10,
+        metrics=config.metrics,
     )
     load = Load(stack.livekit, plan)
     try:
@@ -163,7 +180,9 @@ async def measure_load(stack: Stack, deployment: Deployment, load: Load, config:
     """Warm up, run the rooms, measure memory with every room active, kill a sample. A phase that fails ends the
     configuration's run early; the result keeps what was measured and says why it stopped."""
     worker = deployment.worker
-    parties = (worker.pid, stack.servers(), deployment.flusher.pid)
+    exporter = deployment.exporter.pid if deployment.exporter else None
+    parties = (worker.pid, stack.servers(), deployment.flusher.pid, exporter)
+    scraper = asyncio.create_task(scrape_forever(deployment)) if deployment.exporter else None
     opened: list[Room] = []
     memory: Memory | None = None
     cpu: dict[str, float] = {}
@@ -189,6 +208,9 @@ async def measure_load(stack: Stack, deployment: Deployment, load: Load, config:
     except Exception as exc:  # a phase that could not finish: report what was measured, and why it stopped
         stopped = f"stopped early: {type(exc).__name__}: {exc}"
         progress(f"{rooms} rooms, {config.key}: {stopped}")
+    finally:
+        if scraper is not None:
+            scraper.cancel()
     result = result_of(config, rooms, load.plan, load.samples, memory, cpu, rows, opened)
     timeline = read_timeline(deployment.timeline)
     result.steps = steps(opened, timeline)
@@ -205,7 +227,14 @@ async def measure_load(stack: Stack, deployment: Deployment, load: Load, config:
     return result
 
 
-async def quiet_cpu(parties: tuple[int, dict[str, int], int], seconds: float) -> dict[str, float]:
+async def scrape_forever(deployment: Deployment) -> None:
+    """Scrape the exporter as Prometheus does, every SCRAPE_EVERY_S, until cancelled."""
+    while True:
+        await asyncio.to_thread(deployment.scrape)
+        await asyncio.sleep(SCRAPE_EVERY_S)
+
+
+async def quiet_cpu(parties: tuple[int, dict[str, int], int, int | None], seconds: float) -> dict[str, float]:
     """Each party's CPU, in % of one core, while every room is connected and nobody speaks."""
     before = await asyncio.to_thread(cpu_snapshot, *parties)
     await asyncio.sleep(seconds)
@@ -420,7 +449,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="10 rooms, fewer lines and kills: about 2 minutes")
     parser.add_argument(
-        "--configs", default=",".join(KEYS), help=f"configurations to run, comma-separated (default {','.join(KEYS)})"
+        "--configs",
+        default=",".join(DEFAULT_KEYS),
+        help=f"configurations to run, comma-separated, of {', '.join(KEYS)} (default {','.join(DEFAULT_KEYS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' and workers' logs (says where)")

@@ -181,13 +181,15 @@ def own_cpu() -> float:
     return t.user + t.system
 
 
-def cpu_snapshot(worker: int, servers: dict[str, int], flusher: int) -> dict[str, float]:
-    """CPU seconds so far of each party: the worker's tree, this process (the clients), livekit-server, the stores."""
+def cpu_snapshot(worker: int, servers: dict[str, int], flusher: int, exporter: int | None = None) -> dict[str, float]:
+    """CPU seconds so far of each party: the worker's tree, this process (the clients), livekit-server, the stores,
+    and the exporter when metrics are on."""
     return {
         "worker": tree_cpu(worker),
         "clients": own_cpu(),
         "livekit": tree_cpu(servers["livekit"]),
         "stores": tree_cpu(servers["redis"]) + tree_cpu(servers["postgres"]) + tree_cpu(flusher),
+        **({"exporter": tree_cpu(exporter)} if exporter is not None else {}),
         "machine": machine_busy(),
     }
 

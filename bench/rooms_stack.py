@@ -1,5 +1,6 @@
 """What the rooms benchmark runs against: a private network namespace holding a private livekit-server, Redis and
-PostgreSQL, and for each configuration a worker and a flusher; every process it starts is accounted for.
+PostgreSQL, and for each configuration a worker and a flusher (with metrics on, the exporter too, and both record
+their figures as the appliance's do); every process it starts is accounted for.
 
 Everything lives in one network namespace whose only addresses are loopback (see harness/livekit.py for why
 WebRTC clients need it), so no packet can leave the machine. Making one takes root.
@@ -12,6 +13,7 @@ import ctypes
 import os
 import signal
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,12 @@ from livekit.rtc._ffi_client import FfiClient
 from agent.settings import AgentSettings, FlusherSettings, LiveKitSettings, StoreSettings, WorkerSettings
 from agent.status_client import fetch_status
 from agent.store.migrate import migrate
+from appliance.layout import Layout
+from appliance.settings import ApplianceSettings, ControlSettings, MetricsSettings
 from bench.environment import BenchError
 from bench.rooms_agent import TIMELINE_ENV
 from harness.livekit import LiveKitServer, PrivateNetwork
-from harness.processes import FlusherProcess, WorkerProcess
+from harness.processes import EntryPoint, FlusherProcess, WorkerProcess
 from harness.servers import PostgresServer, RedisServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]  # the worker imports bench.rooms_agent from here
@@ -149,10 +153,22 @@ class Deployment:
     flusher: FlusherProcess
     started: float
     timeline: Path  # bench/rooms_agent.py's lines
+    exporter: EntryPoint | None = None  # appliance.metrics, with metrics on
+
+    def scrape(self) -> int:
+        """One scrape of the exporter, as Prometheus makes it; the bytes it answered."""
+        settings = self.exporter.settings if self.exporter else None
+        assert isinstance(settings, ApplianceSettings)
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.port}/metrics", timeout=30) as answer:
+            return len(answer.read())
 
 
-def deploy(stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spare: int) -> Deployment:
-    """Start the flusher and a worker for ``rooms`` rooms; returns once its idle processes are warm."""
+def deploy(
+    stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spare: int, metrics: bool = False
+) -> Deployment:
+    """Start the flusher and a worker for ``rooms`` rooms; returns once its idle processes are warm. With
+    ``metrics``, as the appliance runs them with [metrics] on: each records its figures in its own directory, and
+    the exporter (appliance.metrics) serves them with the status report."""
     settings = stack.base_settings(name).model_copy(
         update={
             "worker": WorkerSettings(
@@ -169,22 +185,40 @@ def deploy(stack: Stack, name: str, *, rooms: int, idle: int, baseline: str, spa
     workdir = stack.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    flusher = FlusherProcess(settings, workdir).start()
+    exporter, figures = _exporter(settings, workdir) if metrics else (None, {})
+    flusher = FlusherProcess(settings, workdir, figures.get("flusher")).start()
     stack.remember(flusher.pid, f"{name} flusher")
-    worker = WorkerProcess(settings, workdir, module="bench.worker", args=(baseline or "ours",))
+    worker = WorkerProcess(settings, workdir, figures.get("worker"), module="bench.worker", args=(baseline or "ours",))
     timeline = workdir / "timeline.jsonl"
     worker.env[TIMELINE_ENV] = str(timeline)
     worker.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), worker.env.get("PYTHONPATH")]))
-    deployment = Deployment(worker, flusher, started, timeline)
+    deployment = Deployment(worker, flusher, started, timeline, exporter)
     try:
         worker.start()
         stack.remember_tree(worker.pid, f"{name} worker")
         wait_until(lambda: warm(worker, idle), 120, f"{idle} idle room processes of the {name} worker")
+        if exporter is not None:
+            exporter.spawn()
+            stack.remember(exporter.pid, f"{name} exporter")
+            wait_until(lambda: exporter.running() and deployment.scrape(), 60, f"the {name} exporter answering")
     except BaseException:
         undeploy(stack, deployment)
         raise
     stack.remember_tree(worker.pid, f"{name} worker")
     return deployment
+
+
+def _exporter(settings: AgentSettings, workdir: Path) -> tuple[EntryPoint, dict[str, dict[str, str]]]:
+    """The exporter of this configuration, and the environment of each program that records its figures."""
+    sections = {name: getattr(settings, name) for name in type(settings).model_fields}
+    full = ApplianceSettings(
+        **sections,
+        control=ControlSettings(data_dir=workdir / "data", log_dir=workdir / "log", run_dir=workdir / "run"),
+        metrics=MetricsSettings(port=free_port(), health_port=free_port()),
+    )
+    layout = Layout.of(full, workdir / "config" / "appliance.toml")
+    figures = {p: {"PROMETHEUS_MULTIPROC_DIR": str(layout.figures_dir(p))} for p in ("worker", "flusher")}
+    return EntryPoint(full, workdir, module="appliance.metrics"), figures
 
 
 def status(worker: WorkerProcess, timeout: float = 60) -> dict[str, Any]:
@@ -210,11 +244,12 @@ def undeploy(stack: Stack, deployment: Deployment) -> None:
         for proc in family:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-    if flusher.proc is not None:
-        try:
-            flusher.terminate(30)
-        except Exception:
-            flusher.kill()
+    for helper in (flusher, deployment.exporter):
+        if helper is not None and helper.proc is not None:
+            try:
+                helper.terminate(30)
+            except Exception:
+                helper.kill()
 
 
 def reap() -> None:
