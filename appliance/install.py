@@ -72,6 +72,11 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     layout = Layout.of(settings, options.config_file)
     if options.host is not None:
         _set_up_host(settings, layout, options, options.host, report)
+    elif missing := [p for p in host.packages(settings) if not host.package_installed(p)]:
+        raise ApplianceError(
+            f"Debian packages {' '.join(missing)} are not installed (these settings need them):"
+            " run install.sh, which installs them"
+        )
     lk_source = _livekit_source(settings, options)
     outcome = Outcome(settings, layout)
     user = _ensure_user(settings, report)
