@@ -211,7 +211,7 @@ class Flusher:
             if isinstance(entry.record, Message) and entry.entry_id not in poisoned:
                 lag_ms = now_ms - int(entry.entry_id.split("-")[0])
                 self.stats.recent_lags_ms.append(lag_ms)
-                metrics.FLUSH_LAG.observe(max(0.0, lag_ms / 1000))
+                metrics.flush_lag().observe(max(0.0, lag_ms / 1000))
         self.stats.batches += 1
 
     async def _acknowledge(self, ids: Sequence[str]) -> None:

@@ -101,8 +101,8 @@ class RoomSession:
             record=False,
         )
         greeting = self.settings.worker.resume_greeting if self.conv.resumed_from else self.settings.worker.greeting
-        _time_to(self.session.say(greeting), metrics.GREETING, started)
-        metrics.PARTICIPANTS.set(len(self._humans()))
+        _time_to(self.session.say(greeting), metrics.room().greeting, started)
+        metrics.room().participants.set(len(self._humans()))
         if not self._humans():
             self._schedule_departure()
 
@@ -141,7 +141,7 @@ class RoomSession:
             return
         stored = time.perf_counter()
         await self._ack(identity, {"stream_id": stream_id, "message_id": message.id})
-        _time_to(self.session.generate_reply(user_input=to_chat_message(message)), metrics.REPLY, stored)
+        _time_to(self.session.generate_reply(user_input=to_chat_message(message)), metrics.room().reply, stored)
 
     async def _ack(self, identity: str, ack: dict[str, str]) -> None:
         with contextlib.suppress(Exception):  # the sender may have left; what was stored stays stored
@@ -184,13 +184,13 @@ class RoomSession:
         return [p for p in self.ctx.room.remote_participants.values() if p.kind != agent_kind]
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
-        metrics.PARTICIPANTS.set(len(self._humans()))
+        metrics.room().participants.set(len(self._humans()))
         if self._departure is not None:
             self._departure.cancel()
             self._departure = None
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        metrics.PARTICIPANTS.set(len(self._humans()))
+        metrics.room().participants.set(len(self._humans()))
         if not self._humans():
             self._schedule_departure()
 
@@ -210,7 +210,7 @@ class RoomSession:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         log.info("room %s closing (%s)", self.ctx.room.name, reason)
-        metrics.PARTICIPANTS.set(0)
+        metrics.room().participants.set(0)
         with contextlib.suppress(StoreUnavailable):
             await self.conv.close("ended" if self.ended else "interrupted")
         await self.store.aclose()

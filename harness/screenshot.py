@@ -25,21 +25,18 @@ from harness.servers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = [
-    ("sum(appliance_rooms_active)", "rooms"),
-    ("sum(appliance_room_participants)", "participants"),
-    ('histogram_quantile(0.95, sum by (le) (rate(appliance_room_reply_seconds_bucket[1m])))', "reply p95 (s)"),
-    ('histogram_quantile(0.5, sum by (le) (rate(appliance_store_append_seconds_bucket{tier="redis"}[1m])))',
-     "append to Redis p50 (s)"),
-    ("sum(appliance_rooms_pss_bytes)", "rooms' PSS (bytes)"),
-]  # fmt: skip
+    "sum(appliance_rooms_active)",
+    "histogram_quantile(0.95, sum by (le) (rate(appliance_room_greeting_seconds_bucket[2m])))",
+    "sum(appliance_rooms_pss_bytes)",
+]
 ROOMS = 4
 LINES = 12  # per room, one every 10 s
 
 
 def graph_url(port: int) -> str:
     params: dict[str, str] = {}
-    for n, (expr, _) in enumerate(GRAPHS):
-        params |= {f"g{n}.expr": expr, f"g{n}.tab": "0", f"g{n}.range_input": "5m", f"g{n}.stacked": "0"}
+    for n, expr in enumerate(GRAPHS):
+        params |= {f"g{n}.expr": expr, f"g{n}.tab": "0", f"g{n}.range_input": "3m", f"g{n}.stacked": "0"}
     return f"http://127.0.0.1:{port}/graph?{urllib.parse.urlencode(params)}"
 
 
@@ -75,7 +72,7 @@ def photograph(url: str, target: Path) -> None:
         subprocess.run(
             [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1280,2300", "--virtual-time-budget=20000",
+             f"--user-data-dir={profile}", "--window-size=1280,1560", "--virtual-time-budget=20000",
              f"--screenshot={target}", url],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip

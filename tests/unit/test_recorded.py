@@ -22,12 +22,12 @@ RECORDER = """
 import os, signal, sys
 from agent import metrics
 for seconds in [float(s) for s in sys.argv[1].split(",")]:
-    metrics.REPLY.observe(seconds)
+    metrics.room().reply.observe(seconds)
 metrics.appended("redis", 0.002)
 metrics.appended("postgres", 0.02)
-metrics.GREETING.observe(0.3)
-metrics.FLUSH_LAG.observe(0.05)
-metrics.PARTICIPANTS.set(2)
+metrics.room().greeting.observe(0.3)
+metrics.flush_lag().observe(0.05)
+metrics.room().participants.set(2)
 from prometheus_client import Gauge
 Gauge("appliance_test_level", "a gauge of this process", multiprocess_mode="livesum").set(1)
 if sys.argv[2] == "kill":
