@@ -26,7 +26,7 @@ from harness.servers import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 GRAPHS = [
     "sum(appliance_rooms_active)",
-    "histogram_quantile(0.95, sum by (le) (rate(appliance_room_greeting_seconds_bucket[2m])))",
+    "sum(rate(appliance_room_reply_seconds_sum[1m])) / sum(rate(appliance_room_reply_seconds_count[1m]))",
     "sum(appliance_rooms_pss_bytes)",
 ]
 ROOMS = 4
@@ -72,7 +72,7 @@ def photograph(url: str, target: Path) -> None:
         subprocess.run(
             [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--window-size=1280,1560", "--virtual-time-budget=20000",
+             f"--user-data-dir={profile}", "--window-size=1280,2180", "--virtual-time-budget=20000",
              f"--screenshot={target}", url],
             check=True, capture_output=True, timeout=120,
         )  # fmt: skip
