@@ -38,7 +38,7 @@ AGENT_KIND = models.ParticipantInfo.Kind.AGENT
 class Counters:
     started: int = 0  # room processes given a room
     crashes: Counter[str] = field(default_factory=Counter)  # by cause: killed, memory, exit
-    redispatches: int = 0
+    redispatches: Counter[str] = field(default_factory=Counter)  # by the cause of the death they follow
     given_up: int = 0  # rooms not revived any more: their agent died too often
     reconciled: int = 0  # rooms found without an agent and dispatched by the reconciler
     reconcile_rounds: int = 0  # passes of the reconciler over every room: it is alive and looking
@@ -93,7 +93,7 @@ class Redispatcher:
             with suppress(api.TwirpError):  # already gone
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
         if await self.dispatch(room, dead=dead_identity):
-            self.counters.redispatches += 1
+            self.counters.redispatches[cause] += 1
 
     async def dispatch(self, room: str, *, dead: str = "") -> bool:
         """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched.

@@ -76,7 +76,7 @@ class StatusServer:
                 "started": counters.started,
                 "crashes": dict(counters.crashes),
                 "memory_kills": counters.crashes.get("memory", 0),
-                "redispatches": counters.redispatches,
+                "redispatches": dict(counters.redispatches),
                 "reconciled": counters.reconciled,
                 "given_up": counters.given_up,
                 "reconcile_rounds": counters.reconcile_rounds,

@@ -53,14 +53,19 @@ def families(report: status.Report, *, room_names: bool, data_dir: Path) -> Iter
     pss = GaugeMetricFamily(
         "appliance_program_pss_bytes", "PSS of the program and its descendants (a worker's rooms)", labels=["program"]
     )
+    state = GaugeMetricFamily(
+        "appliance_program_state", "1 for the program's supervisord state (RUNNING, BACKOFF, FATAL, ...)",
+        labels=["program", "state"],
+    )  # fmt: skip
     for program in report.programs:
         up.add_metric([program.name], program.state == "RUNNING")
+        state.add_metric([program.name, program.state], 1)
         crash_loop.add_metric([program.name], program.crash_loop)
         if program.restarts is not None:
             restarts.add_metric([program.name], program.restarts)
         if program.pss_mb is not None:
             pss.add_metric([program.name], program.pss_mb * MB)
-    yield from (up, restarts, crash_loop, pss)
+    yield from (up, state, restarts, crash_loop, pss)
 
     yield from _worker_families(report, room_names=room_names)
     yield from _store_families(report)
@@ -68,48 +73,61 @@ def families(report: status.Report, *, room_names: bool, data_dir: Path) -> Iter
 
 
 def _worker_families(report: status.Report, *, room_names: bool) -> Iterator[Metric]:
+    labels = ["worker"]
     registered = GaugeMetricFamily(
-        "appliance_worker_registered", "1 when the worker is registered with LiveKit", labels=["worker"]
+        "appliance_worker_registered", "1 when the worker is registered with LiveKit", labels=labels
     )
-    draining = GaugeMetricFamily("appliance_worker_draining", "1 while the worker drains", labels=["worker"])
-    rooms = GaugeMetricFamily("appliance_rooms_active", "Rooms with a process of this box", labels=["worker"])
+    draining = GaugeMetricFamily("appliance_worker_draining", "1 while the worker drains", labels=labels)
+    rooms = GaugeMetricFamily("appliance_rooms_active", "Rooms with a process of this box", labels=labels)
+    starts = CounterMetricFamily("appliance_room_starts", "Room processes given a room", labels=labels)
     crashes = CounterMetricFamily(
         "appliance_room_crashes", "Room processes that died, by cause (memory: killed over its limit)",
         labels=["worker", "cause"],
     )  # fmt: skip
-    events = CounterMetricFamily(
-        "appliance_room_events",
-        "Room processes started, re-dispatches, reconciled orphans, give-ups",
-        labels=["worker", "event"],
+    redispatches = CounterMetricFamily(
+        "appliance_room_redispatches",
+        "Rooms dispatched again, by cause: their process died (memory, killed, exit) or the room was found without"
+        " its agent (orphan)",
+        labels=["worker", "cause"],
+    )
+    give_ups = CounterMetricFamily(
+        "appliance_room_give_ups", "Rooms not dispatched again: their agent died too often", labels=labels
     )
     room_labels = ["worker", "room"] if room_names else ["worker"]
-    room_pss = GaugeMetricFamily(
-        "appliance_room_pss_bytes" if room_names else "appliance_rooms_pss_bytes",
-        "PSS of each room's process" if room_names else "PSS of every room process, summed",
-        labels=room_labels,
-    )
-    largest = GaugeMetricFamily("appliance_room_pss_max_bytes", "PSS of the largest room process", labels=["worker"])
+    memory = {
+        kind: GaugeMetricFamily(
+            f"appliance_room_{kind}_bytes" if room_names else f"appliance_rooms_{kind}_bytes",
+            f"{kind.upper()} of each room's process" if room_names else f"{kind.upper()} of every room process, summed",
+            labels=room_labels,
+        )
+        for kind in ("pss", "uss")
+    }
+    largest = GaugeMetricFamily("appliance_room_pss_max_bytes", "PSS of the largest room process", labels=labels)
     for worker in report.workers:
         if not worker.ok:
             continue
-        name = worker.program
+        name, counters = worker.program, worker.counters
         registered.add_metric([name], worker.registered)
         draining.add_metric([name], worker.draining)
         rooms.add_metric([name], len(worker.rooms))
-        counted = worker.counters.get("crashes") or {}
-        for cause in sorted(set(CRASH_CAUSES) | set(counted)):  # 0 until it happens: rates and alerts start at 0
-            crashes.add_metric([name, cause], counted.get(cause, 0))
-        for event in ("started", "redispatches", "reconciled", "given_up"):
-            if event in worker.counters:
-                events.add_metric([name, event], worker.counters[event])
-        sizes = [(room.room, room.pss_mb * MB) for room in worker.rooms if room.pss_mb is not None]
-        if room_names:
-            for room, size in sizes:
-                room_pss.add_metric([name, room], size)
-        else:
-            room_pss.add_metric([name], sum(size for _, size in sizes))
-        largest.add_metric([name], max((size for _, size in sizes), default=0))
-    yield from (registered, draining, rooms, crashes, events, room_pss, largest)
+        starts.add_metric([name], counters.get("started", 0))
+        give_ups.add_metric([name], counters.get("given_up", 0))
+        # Every cause from 0, before it first happens: rates and alerts start at 0.
+        died, again = counters.get("crashes") or {}, counters.get("redispatches") or {}
+        for cause in sorted(set(CRASH_CAUSES) | set(died) | set(again)):
+            crashes.add_metric([name, cause], died.get(cause, 0))
+            redispatches.add_metric([name, cause], again.get(cause, 0))
+        redispatches.add_metric([name, "orphan"], counters.get("reconciled", 0))
+        for kind, family in memory.items():
+            sizes = [(r.room, getattr(r, f"{kind}_mb") * MB) for r in worker.rooms if getattr(r, f"{kind}_mb")]
+            if room_names:
+                for room, size in sizes:
+                    family.add_metric([name, room], size)
+            else:
+                family.add_metric([name], sum(size for _, size in sizes))
+            if kind == "pss":
+                largest.add_metric([name], max((size for _, size in sizes), default=0))
+    yield from (registered, draining, rooms, starts, crashes, redispatches, give_ups, *memory.values(), largest)
 
 
 def _one(

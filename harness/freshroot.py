@@ -42,26 +42,27 @@ OURS = [
 # The appliance's settings for these boxes: every port of the bundled LiveKit on 127.0.0.1, ICE on loopback, a
 # loopback STUN address (the rest is loopback anyway), and the bundled Prometheus (its package and Debian's service
 # go through install and uninstall too). install keeps an existing config and fills in the rest.
-CONFIG = """\
+LOOPBACK_CONFIG = """\
 [livekit_server]
 loopback_only = true
-[metrics]
-prometheus = true
 """
+CONFIG = LOOPBACK_CONFIG + "[metrics]\nprometheus = true\n"
 
 
-def fresh_root(private_network: PrivateNetwork | None) -> contextlib.AbstractContextManager[FreshRoot]:
+def fresh_root(
+    private_network: PrivateNetwork | None, config: str = CONFIG
+) -> contextlib.AbstractContextManager[FreshRoot]:
     """``prepared_root``, or the test skips where there can be none."""
     if os.geteuid() != 0 or private_network is None:
         pytest.skip("a debootstrap root, mounts and chroot need root")
     if not shutil.which("debootstrap"):
         pytest.skip("debootstrap is not installed (scripts/test installs it)")
-    return prepared_root(private_network)
+    return prepared_root(private_network, config)
 
 
 @contextlib.contextmanager
-def prepared_root(private_network: PrivateNetwork) -> Iterator[FreshRoot]:
-    """A pristine Debian 12 root holding a copy of this checkout, a livekit-server and CONFIG; removed after."""
+def prepared_root(private_network: PrivateNetwork, config: str = CONFIG) -> Iterator[FreshRoot]:
+    """A pristine Debian 12 root holding a copy of this checkout, a livekit-server and ``config``; removed after."""
     # The descriptor of the namespace the session came from: downloads go out through it.
     host = HostNetwork(private_network.host_namespace)
     clean_stale()
@@ -69,7 +70,7 @@ def prepared_root(private_network: PrivateNetwork) -> Iterator[FreshRoot]:
     try:
         root.copy_checkout(CHECKOUT, SOURCE)
         root.copy_in(livekit.binary(), LIVEKIT_BIN, mode=0o755)
-        write_config(root)
+        write_config(root, config)
         yield root
     finally:
         # The tests check that uninstall leaves no process; after a failure, whatever runs is killed here.
@@ -107,19 +108,19 @@ def package_installed(root: FreshRoot, package: str) -> bool:
     return status.startswith("ii")
 
 
-def expected_state(root: FreshRoot) -> dict[str, str]:
-    """What install.sh's first run must record about this box (but INSTALLED_AT), from the box before it runs."""
+def expected_state(root: FreshRoot, *, prometheus: bool = True) -> dict[str, str]:
+    """What install.sh's first run must record about this box (but INSTALLED_AT), from the box before it runs;
+    ``prometheus``: its config turns the bundled Prometheus on (CONFIG does, LOOPBACK_CONFIG not)."""
+    packages = [*install_sh_packages(), *([PROMETHEUS_PACKAGE] if prometheus else [])]
     state = {
         "APPLIANCE_HOME": "/opt/appliance",
         "CONFIG_FILE": "/etc/appliance/appliance.toml",
         "CLI_LINK": "/usr/local/bin/appliance",
         "CREATECLUSTER_CONF": "/etc/postgresql-common/createcluster.d/50-appliance.conf",
-        "PACKAGES_ADDED": " ".join(
-            p for p in [*install_sh_packages(), PROMETHEUS_PACKAGE] if not package_installed(root, p)
-        ),
+        "PACKAGES_ADDED": " ".join(p for p in packages if not package_installed(root, p)),
     }
     disabled = []
-    for unit in DEBIAN_UNITS:
+    for unit in DEBIAN_UNITS if prometheus else DEBIAN_UNITS[:2]:
         key = unit.removesuffix(".service").replace("-", "_").upper()
         present = package_installed(root, unit.removesuffix(".service"))
         enabled = root.run(["systemctl", "--root=/", "is-enabled", unit]).stdout.strip()
@@ -144,10 +145,10 @@ def assert_state(root: FreshRoot, expected: dict[str, str]) -> None:
     assert values == expected, f"the state file says {values}, not {expected}"
 
 
-def write_config(root: FreshRoot) -> None:
+def write_config(root: FreshRoot, text: str = CONFIG) -> None:
     config = root.path / "etc/appliance/appliance.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(CONFIG)
+    config.write_text(text)
 
 
 @dataclass(frozen=True)

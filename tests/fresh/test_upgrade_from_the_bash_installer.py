@@ -14,6 +14,7 @@ from harness.freshroot import (
     APPLIANCE,
     CHECKOUT,
     INSTALL,
+    LOOPBACK_CONFIG,
     OURS,
     assert_state,
     debian_instances,
@@ -38,8 +39,9 @@ def test_a_box_installed_by_the_bash_installer_upgrades_then_uninstalls_cleanly(
 ) -> None:
     archive = subprocess.run(["git", "-C", str(CHECKOUT), "archive", BASH_INSTALLER], capture_output=True)
     assert archive.returncode == 0, f"{BASH_INSTALLER} is not in this clone's history: {archive.stderr.decode()}"
-    with fresh_root(private_network) as root:
-        debian_before, state = debian_instances(root), expected_state(root)
+    # The bash installer knew no [metrics] section: the box it made had no bundled Prometheus.
+    with fresh_root(private_network, LOOPBACK_CONFIG) as root:
+        debian_before, state = debian_instances(root), expected_state(root, prometheus=False)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(root.path / OLD.lstrip("/"), filter="tar")
         old = run_install(root, INSTALL.replace("/root/appliance ", f"{OLD} "), host_network=True)

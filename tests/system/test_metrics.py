@@ -65,7 +65,7 @@ async def test_a_scrape_shows_the_rooms_open_and_the_stores(appliance: Installed
     assert total(found, "appliance_room_greeting_seconds_count", program="worker") >= 2
     assert total(found, "appliance_store_append_seconds_count", tier="redis") >= 2  # the line and the reply
     assert total(found, "appliance_flusher_flush_lag_seconds_count", program="flusher") >= 1
-    assert total(found, "appliance_room_events_total", event="started") >= 2
+    assert total(found, "appliance_room_starts_total") >= 2
     assert ("lk_agents_worker_load", (("nodename", os.uname().nodename), ("pid", str(worker_pid(appliance))),
                                       ("program", "worker"))) in found  # fmt: skip
     shown = appliance.run("status", check=False).stdout

@@ -15,13 +15,16 @@ from appliance.status import Report
 from tests.unit.test_recorded import figures
 from tests.unit.test_status import FLUSHER, PG, REDIS, UP, registered, running, whole
 
-ROOMS = [Room(room="ann's room", pid=200, pss_mb=80.0), Room(room="bob's room", pid=201, pss_mb=120.0)]
+ROOMS = [
+    Room(room="ann's room", pid=200, pss_mb=80.0, uss_mb=30.0),
+    Room(room="bob's room", pid=201, pss_mb=120.0, uss_mb=70.0),
+]
 # Every figure known, so that every series is there (the rules' and the dashboard's tests ask for them all).
 FULL_REDIS = REDIS.model_copy(update={"keys": 42, "keyspace_hits": 900, "keyspace_misses": 100})
 FULL_FLUSHER = FLUSHER.model_copy(update={"persisted": 500, "errors": 0, "dead_lettered": 1, "spool_files": 0})
 
 
-COUNTERS = {"started": 7, "crashes": {"memory": 2}, "redispatches": 3, "given_up": 0}
+COUNTERS = {"started": 7, "crashes": {"memory": 2}, "redispatches": {"memory": 1}, "reconciled": 2, "given_up": 1}
 
 
 def report(**fields: object) -> Report:
@@ -49,7 +52,13 @@ def test_the_series_say_what_status_says() -> None:
     assert found[("appliance_rooms_pss_bytes", (("worker", "worker"),))] == 200 * 2**20
     assert found[("appliance_room_pss_max_bytes", (("worker", "worker"),))] == 120 * 2**20
     assert found[("appliance_room_crashes_total", (("cause", "memory"), ("worker", "worker")))] == 2
-    assert found[("appliance_room_events_total", (("event", "redispatches"), ("worker", "worker")))] == 3
+    assert found[("appliance_rooms_uss_bytes", (("worker", "worker"),))] == 100 * 2**20
+    assert found[("appliance_room_crashes_total", (("cause", "killed"), ("worker", "worker")))] == 0
+    assert found[("appliance_room_redispatches_total", (("cause", "memory"), ("worker", "worker")))] == 1
+    assert found[("appliance_room_redispatches_total", (("cause", "orphan"), ("worker", "worker")))] == 2
+    assert found[("appliance_room_starts_total", (("worker", "worker"),))] == 7
+    assert found[("appliance_room_give_ups_total", (("worker", "worker"),))] == 1
+    assert found[("appliance_program_state", (("program", "worker-alt"), ("state", "STOPPED")))] == 1
     assert found[("appliance_program_up", (("program", "worker-alt"),))] == 0
     assert found[("appliance_program_up", (("program", "redis"),))] == 1
     assert found[("appliance_redis_maxmemory_bytes", ())] == 2048 * 2**20
