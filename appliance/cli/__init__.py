@@ -14,7 +14,21 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from appliance.cli import backup, chat, config, db, doctor, forget, install, logs, service, status, token, uninstall
+from appliance.cli import (
+    backup,
+    capacity,
+    chat,
+    config,
+    db,
+    doctor,
+    forget,
+    install,
+    logs,
+    service,
+    status,
+    token,
+    uninstall,
+)
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -122,6 +136,7 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
 
 main.add_command(backup.backup)
 main.add_command(backup.restore)
+main.add_command(capacity.capacity)
 main.add_command(chat.chat)
 main.add_command(config.config)
 main.add_command(db.db)
