@@ -56,11 +56,25 @@ class RedisSettings(Section):
     timeout_s: float = Field(0.5, gt=0, le=30)
     # everysec: a killed Redis loses nothing, a crashed machine up to ~1 s (see README); always: nothing, slower.
     appendfsync: Literal["everysec", "always"] = "everysec"
+    # TLS to a Redis elsewhere (a rediss:// URL): its certificate is verified, host name included, against
+    # tls_ca_file (None: the system's CAs); tls_cert_file and tls_key_file when it asks for a client certificate.
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
         return no_credentials(value, "redis.password")
+
+    @model_validator(mode="after")
+    def _tls_over_tcp(self) -> Self:
+        if self.tls and self.unix_socket is not None:
+            raise ValueError("redis.tls: TLS is for host and port, not redis.unix_socket")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("redis.tls_cert_file and redis.tls_key_file go together")
+        return self
 
 
 class PostgresSettings(Section):
@@ -70,6 +84,10 @@ class PostgresSettings(Section):
     user: str = "appliance"
     password: SecretStr | None = None
     connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    # libpq's: "verify-full" for a PostgreSQL elsewhere (its certificate checked against sslrootcert, host name
+    # included); "prefer" (libpq's default) suits the appliance's own on loopback.
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: Path | None = None
     pool_min: int = Field(1, ge=0)
     pool_max: int = Field(4, ge=1)
 
@@ -95,6 +113,8 @@ class PostgresSettings(Section):
             user=self.user,
             connect_timeout=max(1, round(self.connect_timeout_s)),
             application_name="appliance",
+            sslmode=self.sslmode,
+            **({"sslrootcert": str(self.sslrootcert)} if self.sslrootcert else {}),
         )
 
 
@@ -311,6 +331,10 @@ def _describe(err: Any) -> str:
     reason = err["msg"]
     if err["type"] == "extra_forbidden":
         reason = "unknown setting (check the spelling)"
+    elif err["type"] == "value_error":
+        reason = str(err["ctx"]["error"])  # our own validators' words, without pydantic's "Value error, "
+        if reason.startswith(f"{field}.") or not err["loc"]:
+            return reason  # a validator of a whole section, or of the whole: it names its field itself
     return f"{field}: {reason}"
 
 

@@ -21,6 +21,7 @@ import redis
 from agent.settings import PostgresSettings, RedisSettings
 from agent.store import acl
 from agent.store.acl import AclUser
+from harness.tls import TestCA
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, description: str, interval: float = 0.05) -> None:
@@ -55,11 +56,16 @@ def _private_dir(prefix: str, owner: str | None = None) -> Path:
 
 
 class RedisServer:
-    """redis-server with AOF on, bound to 127.0.0.1 and a unix socket, password protected."""
+    """redis-server with AOF on, bound to 127.0.0.1 and a unix socket, password protected; with ``tls``, a
+    TLS-only port beside them, with that CA's server certificate."""
 
-    def __init__(self, *, appendfsync: str = "everysec", maxmemory: str | None = None) -> None:
+    def __init__(
+        self, *, appendfsync: str = "everysec", maxmemory: str | None = None, tls: TestCA | None = None
+    ) -> None:
         self.dir = _private_dir("appliance-redis-")
         self.port = free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
         self.password = secrets.token_hex(16)
         self.appendfsync = appendfsync
         self.maxmemory = maxmemory
@@ -73,6 +79,13 @@ class RedisServer:
 
     def settings(self, acl_user: AclUser | None = None) -> RedisSettings:
         return RedisSettings(unix_socket=self.socket_path, password=self.password, timeout_s=0.5, acl_user=acl_user)
+
+    def tls_settings(self, ca_file: Path | None = None) -> RedisSettings:
+        """As a box elsewhere reaches it: by name, over TLS, the certificate checked against ``ca_file`` (the
+        server's own CA by default)."""
+        assert self.tls is not None
+        return RedisSettings(host="localhost", port=self.tls_port, password=self.password, timeout_s=2,
+                             tls=True, tls_ca_file=ca_file or self.tls.ca_file)  # fmt: skip
 
     def allow_prefix(self, prefix: str) -> None:
         """Give the data plane's ACL users (the appliance's own rules) this key prefix too; kept across restarts."""
@@ -140,6 +153,10 @@ class RedisServer:
         ]
         if self.maxmemory:
             args += ["--maxmemory", self.maxmemory, "--maxmemory-policy", "volatile-lru"]
+        if self.tls:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls.cert_file),
+                     "--tls-key-file", str(self.tls.key_file), "--tls-ca-cert-file", str(self.tls.ca_file),
+                     "--tls-auth-clients", "no"]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         wait_until(lambda: self.client().ping(), 15, f"redis on {self.socket_path}")
         self._apply_acl()  # users made with ACL SETUSER live in memory only
@@ -178,10 +195,12 @@ def pg_bindir() -> Path:
 
 
 class PostgresServer:
-    """A cluster made by initdb (scram-sha-256), run by pg_ctl as a non-root user when we are root."""
+    """A cluster made by initdb (scram-sha-256), run by pg_ctl as a non-root user when we are root; with ``tls``,
+    SSL on with that CA's server certificate."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: TestCA | None = None) -> None:
         self.user = "postgres" if os.geteuid() == 0 else None
+        self.tls = tls
         self.dir = _private_dir("appliance-pg-", self.user)
         self.data = self.dir / "data"
         self.port = free_port()
@@ -196,6 +215,13 @@ class PostgresServer:
             user="appliance",
             password=self.password,
             connect_timeout_s=2,
+        )
+
+    def tls_settings(self, dbname: str = "postgres", ca_file: Path | None = None) -> PostgresSettings:
+        """As a box elsewhere reaches it: by name, sslmode verify-full against ``ca_file`` (its own CA's)."""
+        assert self.tls is not None
+        return self.settings(dbname).model_copy(
+            update={"host": "localhost", "sslmode": "verify-full", "sslrootcert": ca_file or self.tls.ca_file}
         )
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
@@ -242,9 +268,20 @@ class PostgresServer:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=on"
             " -c max_connections=200 -c shared_buffers=128MB"
         )
+        if self.tls:
+            options += self._ssl_options(self.tls)
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.dir / "pg.log"), "-w", "start")
         wait_until(self.ready, 30, f"postgres on 127.0.0.1:{self.port}")
         return self
+
+    def _ssl_options(self, tls: TestCA) -> str:
+        """PostgreSQL reads its key only when its own user owns it, mode 0600: copies of the CA's files."""
+        for name, source in (("server.pem", tls.cert_file), ("server.key", tls.key_file)):
+            shutil.copyfile(source, self.dir / name)
+            (self.dir / name).chmod(0o600)
+            if self.user:
+                shutil.chown(self.dir / name, self.user)
+        return f" -c ssl=on -c ssl_cert_file={self.dir / 'server.pem'} -c ssl_key_file={self.dir / 'server.key'}"
 
     def ready(self) -> bool:
         result = subprocess.run(

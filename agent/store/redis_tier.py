@@ -22,8 +22,9 @@ COMPLETE = b"H:complete"
 
 
 def connection_kwargs(settings: RedisSettings, timeout_s: float) -> dict[str, Any]:
-    """What redis-py's clients (asyncio's and the blocking one) need to reach the configured Redis: its address,
-    the user and password (an ACL user's derived from the password), the timeouts; no retry with backoff."""
+    """What redis-py's clients (asyncio's and the blocking one) need to reach the configured Redis: its address
+    (over verified TLS when set), the user and password (an ACL user's derived from the password), the timeouts;
+    no retry with backoff."""
     secret = settings.password.get_secret_value() if settings.password else None
     if settings.acl_user is not None and secret is not None:
         secret = acl.password(secret, settings.acl_user)
@@ -32,6 +33,15 @@ def connection_kwargs(settings: RedisSettings, timeout_s: float) -> dict[str, An
         if settings.unix_socket is not None
         else {"host": settings.host, "port": settings.port}
     )
+    if settings.tls:
+        address |= {
+            "ssl": True,
+            "ssl_cert_reqs": "required",
+            "ssl_check_hostname": True,
+            "ssl_ca_certs": str(settings.tls_ca_file) if settings.tls_ca_file else None,
+            "ssl_certfile": str(settings.tls_cert_file) if settings.tls_cert_file else None,
+            "ssl_keyfile": str(settings.tls_key_file) if settings.tls_key_file else None,
+        }
     return {
         **address,
         "db": settings.db,

@@ -209,3 +209,30 @@ def test_typo_in_the_secrets_file_is_an_unknown_setting(tmp_path: Path, monkeypa
     with pytest.raises(SettingsError) as info:
         load_settings(AgentSettings)
     assert info.value.errors == ["postgress.password: unknown setting (check the spelling)"]
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        ('[redis]\ntls = true\nunix_socket = "/run/r.sock"\n', "redis.tls: TLS is for host and port, not"),
+        ('[redis]\ntls = true\ntls_cert_file = "/etc/c.pem"\n', "redis.tls_cert_file and redis.tls_key_file go"),
+        ('[postgres]\nsslmode = "verify"\n', "postgres.sslmode: "),
+    ],
+)
+def test_tls_settings_that_cannot_work_are_one_line_errors(tmp_path: Path, config: str, error: str) -> None:
+    write_config(tmp_path, config)
+    with pytest.raises(SettingsError) as excinfo:
+        load()
+    [found] = errors_of(excinfo)
+    assert found.startswith(error), found
+
+
+def test_the_tls_settings_reach_the_clients() -> None:
+    from agent.settings import PostgresSettings, RedisSettings
+    from agent.store.redis_tier import connection_kwargs
+
+    kwargs = connection_kwargs(RedisSettings(host="redis.internal", tls=True, tls_ca_file=Path("/ca.pem")), 1.0)
+    assert (kwargs["ssl"], kwargs["ssl_cert_reqs"], kwargs["ssl_check_hostname"]) == (True, "required", True)
+    assert kwargs["ssl_ca_certs"] == "/ca.pem" and "ssl" not in connection_kwargs(RedisSettings(), 1.0)
+    conninfo = PostgresSettings(host="pg.internal", sslmode="verify-full", sslrootcert=Path("/ca.pem")).conninfo()
+    assert "sslmode=verify-full" in conninfo and "sslrootcert=/ca.pem" in conninfo
