@@ -29,6 +29,13 @@ Installs the LiveKit agent appliance and starts it; safe to re-run (that is also
 Options (passed through to `appliance install`, which checks their values):
   --role all|worker            all (default): Redis, PostgreSQL, LiveKit and the agents on this box;
                                worker: the agents only, pointed at a shared LiveKit, Redis and PostgreSQL
+  --redis-url URL              a shared Redis: redis[s]://[user@]host:port[/db] (rediss: TLS); no password in it
+  --redis-password-file FILE   a file holding its password
+  --redis-ca-file FILE         the CA its TLS certificate is checked against (default: the system's)
+  --postgres-dsn DSN           a shared PostgreSQL, a libpq DSN without password (e.g. "host=db.example
+                               dbname=appliance user=appliance sslmode=verify-full sslrootcert=/etc/ca.pem")
+  --postgres-password-file FILE
+                               a file holding its password
   --livekit-url URL            use this LiveKit server (ws[s]:// or http[s]://) instead of a bundled one
   --livekit-api-key KEY        its API key (with --livekit-url)
   --livekit-api-secret-file FILE
@@ -64,10 +71,12 @@ parse_options() {
             -h | --help) usage; exit 0 ;;
             --yes) yes=1; handover+=(--yes); shift; continue ;;
             --role=* | --livekit-url=* | --livekit-api-key=* | --livekit-api-secret-file=* | --livekit-server-bin=* | \
-                --node-ip=* | --domain=*)
+                --node-ip=* | --domain=* | --redis-url=* | --redis-password-file=* | --redis-ca-file=* | \
+                --postgres-dsn=* | --postgres-password-file=*)
                 value=${opt#*=} opt=${opt%%=*} ;;
             --role | --livekit-url | --livekit-api-key | --livekit-api-secret-file | --livekit-server-bin | \
-                --node-ip | --domain)
+                --node-ip | --domain | --redis-url | --redis-password-file | --redis-ca-file | --postgres-dsn | \
+                --postgres-password-file)
                 (($# >= 2)) || die "$opt needs a value (see ./install.sh --help)"
                 value=$2
                 shift ;;

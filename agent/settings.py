@@ -52,6 +52,8 @@ class RedisSettings(Section):
     # rendered supervisord.conf; its password is derived from `password`, see agent/store/acl.py). None: the
     # default user with `password`, as on a shared Redis.
     acl_user: AclUser | None = None
+    # The ACL user on a Redis elsewhere (a shared one), with `password`; None: its default user.
+    username: str | None = Field(None, min_length=1)
     # One round trip is ~0.1 ms; a Redis that takes this long is treated as down (see store.breaker_interval_s).
     timeout_s: float = Field(0.5, gt=0, le=30)
     # everysec: a killed Redis loses nothing, a crashed machine up to ~1 s (see README); always: nothing, slower.

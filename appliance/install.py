@@ -46,6 +46,11 @@ STATE_NAME = "installed.json"
 class InstallOptions:
     config_file: Path
     role: str | None = None
+    # [redis] and [postgres] settings of shared stores (appliance.store_urls) and their passwords, from files.
+    redis: dict[str, object] = field(default_factory=dict)
+    redis_password: str | None = None
+    postgres: dict[str, object] = field(default_factory=dict)
+    postgres_password: str | None = None
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
@@ -106,6 +111,8 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     outcome.started = _ensure_running(layout, settings, report)
     if settings.runs_stores:
         _ensure_database(settings, report)
+    else:
+        _ensure_schema(settings, report)  # a shared database: made by whoever runs it, migrated by any box
     if not outcome.started and state:
         if unit_changed and systemd.runs():
             outcome.restarted = _restart_unit(layout, report)
@@ -143,6 +150,9 @@ def _candidate_config(options: InstallOptions) -> str:
 
     if options.role:
         put("control", "role", options.role)
+    for section in ("redis", "postgres"):
+        for key, value in getattr(options, section).items():
+            put(section, key, str(value) if isinstance(value, Path) else value)
     if options.livekit_url:
         put("livekit", "url", options.livekit_url)
         put("livekit_server", "enabled", False)
@@ -171,6 +181,10 @@ def _candidate_secrets(options: InstallOptions, config_text: str) -> str:
     if role == "all":
         ensure("redis", "password", secrets.token_urlsafe(32))
         ensure("postgres", "password", secrets.token_urlsafe(32))
+    if options.redis_password:
+        ensure("redis", "password", options.redis_password, replace=True)
+    if options.postgres_password:
+        ensure("postgres", "password", options.postgres_password, replace=True)
     if options.livekit_api_key:
         ensure("livekit", "api_key", options.livekit_api_key, replace=True)
     if options.livekit_api_secret:
@@ -361,10 +375,9 @@ def _ensure_running(layout: Layout, settings: ApplianceSettings, report: Report)
 
 
 def _ensure_database(settings: ApplianceSettings, report: Report) -> None:
-    import psycopg
     from psycopg import sql
 
-    from appliance.stores import apply_migrations, postgres_connection
+    from appliance.stores import postgres_connection
 
     pg = settings.postgres
     admin = pg.model_copy(update={"dbname": "postgres"})
@@ -382,8 +395,17 @@ def _ensure_database(settings: ApplianceSettings, report: Report) -> None:
         if exists is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(pg.dbname)))
             report("created", f"database {pg.dbname}")
+    _ensure_schema(settings, report)
+
+
+def _ensure_schema(settings: ApplianceSettings, report: Report) -> None:
+    """The schema's migrations, applied once whichever box gets there first (they hold an advisory lock)."""
+    import psycopg
+
+    from appliance.stores import apply_migrations
+
     try:
-        applied = apply_migrations(pg)
+        applied = apply_migrations(settings.postgres)
     except psycopg.Error as exc:
         raise ApplianceError(f"migrations failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     report("changed" if applied else "unchanged", "schema" + (f" ({', '.join(applied)} applied)" if applied else ""))

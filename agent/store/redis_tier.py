@@ -45,7 +45,7 @@ def connection_kwargs(settings: RedisSettings, timeout_s: float) -> dict[str, An
     return {
         **address,
         "db": settings.db,
-        "username": settings.acl_user,
+        "username": settings.acl_user or settings.username,
         "password": secret,
         "socket_timeout": timeout_s,
         "socket_connect_timeout": timeout_s,

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 @click.option(
     "--role", type=click.Choice(["all", "worker"]), help="all: the whole appliance; worker: flusher and worker only."
 )
+@click.option("--redis-url", help="A shared Redis, redis[s]://[user@]host:port[/db] (rediss: TLS); no password in it.")
+@click.option("--redis-password-file", type=click.File("r", encoding="utf-8"), help="A file holding its password.")
+@click.option(
+    "--redis-ca-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CA its TLS certificate is checked against (default: the system's).",
+)
+@click.option(
+    "--postgres-dsn",
+    help="A shared PostgreSQL, a libpq DSN (sslmode=verify-full sslrootcert=... for one elsewhere); no password.",
+)
+@click.option("--postgres-password-file", type=click.File("r", encoding="utf-8"), help="A file holding its password.")
 @click.option("--livekit-url", help="Use this external LiveKit (ws(s):// or http(s)://) instead of the bundled one.")
 @click.option("--livekit-api-key", help="The external LiveKit's API key.")
 @click.option(
@@ -37,6 +49,11 @@ def install(
     app: App,
     *,
     role: str | None,
+    redis_url: str | None,
+    redis_password_file: TextIO | None,
+    redis_ca_file: Path | None,
+    postgres_dsn: str | None,
+    postgres_password_file: TextIO | None,
     livekit_url: str | None,
     livekit_api_key: str | None,
     livekit_api_secret_file: TextIO | None,
@@ -51,12 +68,26 @@ def install(
     from agent.settings import config_path
     from appliance.host import Host
     from appliance.install import InstallOptions
+    from appliance.store_urls import postgres_settings, redis_settings
 
+    try:
+        redis = redis_settings(redis_url) if redis_url else {}
+        postgres = postgres_settings(postgres_dsn) if postgres_dsn else {}
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if redis_ca_file:
+        if not redis.get("tls"):
+            raise click.UsageError("--redis-ca-file goes with a rediss:// --redis-url")
+        redis["tls_ca_file"] = redis_ca_file.resolve()
+    if (redis_password_file and not redis_url) or (postgres_password_file and not postgres_dsn):
+        raise click.UsageError("--redis-password-file/--postgres-password-file go with --redis-url/--postgres-dsn")
     if livekit_url and not (livekit_api_key and livekit_api_secret_file):
         raise click.UsageError("--livekit-url needs --livekit-api-key and --livekit-api-secret-file")
     if (livekit_api_key or livekit_api_secret_file) and not livekit_url:
         raise click.UsageError("--livekit-api-key/--livekit-api-secret-file go with --livekit-url")
-    livekit_api_secret = _read_secret(livekit_api_secret_file) if livekit_api_secret_file else None
+    livekit_api_secret = (
+        _read_secret(livekit_api_secret_file, "--livekit-api-secret-file") if livekit_api_secret_file else None
+    )
     if os.geteuid() != 0:
         raise click.UsageError("run as root (or with sudo): it creates a user and system files")
     if not yes and not click.confirm(f"Install the appliance (config {config_path(os.environ)})?", default=True):
@@ -64,6 +95,12 @@ def install(
     options = InstallOptions(
         config_file=config_path(os.environ),
         role=role,
+        redis=redis,
+        redis_password=_read_secret(redis_password_file, "--redis-password-file") if redis_password_file else None,
+        postgres=postgres,
+        postgres_password=(
+            _read_secret(postgres_password_file, "--postgres-password-file") if postgres_password_file else None
+        ),
         livekit_url=livekit_url,
         livekit_api_key=livekit_api_key,
         livekit_api_secret=livekit_api_secret,
@@ -88,10 +125,9 @@ def reconfigure(app: App) -> None:
     _run(app, InstallOptions(config_file=config_path(os.environ)))
 
 
-def _read_secret(source: TextIO) -> str:
+def _read_secret(source: TextIO, option: str) -> str:
     """The secret a file holds, without its trailing newline: a secret never goes on a command line, where every
     local user can read it (/proc/*/cmdline) and the shell's history keeps it."""
-    option = "--livekit-api-secret-file"
     try:
         secret = source.read().removesuffix("\n")
     except (OSError, UnicodeDecodeError) as exc:
