@@ -157,6 +157,8 @@ def _store_families(report: status.Report) -> Iterator[Metric]:
         yield from _one(counter, "appliance_redis_evicted_keys", "Keys evicted at maxmemory", redis.evicted_keys)
         yield from _one(counter, "appliance_redis_keyspace_hits", "Key lookups that found it", redis.keyspace_hits)
         yield from _one(counter, "appliance_redis_keyspace_misses", "Key lookups that did not", redis.keyspace_misses)
+    if report.livekit is not None:
+        yield from _one(gauge, "appliance_livekit_up", "1 when LiveKit's health check answers OK", report.livekit.ok)
     yield from _one(gauge, "appliance_postgres_up", "1 when PostgreSQL answers", postgres.ok)
     if postgres.ok:
         size = None if postgres.size_mb is None else postgres.size_mb * MB

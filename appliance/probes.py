@@ -79,6 +79,13 @@ class Postgres(BaseModel):
     max_connections: int | None = None
 
 
+class LiveKit(BaseModel):
+    ok: bool
+    url: str
+    error: str = ""
+    latency_ms: float | None = None
+
+
 class Flusher(BaseModel):
     ok: bool  # its published figures are there (they expire soon after the flusher stops publishing)
     error: str = ""
@@ -168,6 +175,25 @@ def worker_report(program: str, port: int, result: Any) -> Worker:
         rooms=[Room.model_validate(room) for room in result.get("rooms", [])],
         counters=dict(result.get("counters", {})),
     )
+
+
+def probe_livekit(settings: ApplianceSettings) -> LiveKit:
+    """The LiveKit the workers register with (the bundled one or one elsewhere): its health check, GET / on its
+    HTTP(S) address, answers 200 "OK" while its node is up to date."""
+    import urllib.error
+    import urllib.request
+
+    url = settings.livekit.url
+    http = "http" + url.removeprefix("ws") if url.startswith("ws") else url
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(http.rstrip("/") + "/", timeout=PROBE_TIMEOUT_S) as answer:
+            answer.read()
+    except urllib.error.HTTPError as exc:
+        return LiveKit(ok=False, url=url, error=f"its health check answered {exc.code}: {exc.read()[:60].decode()!r}")
+    except (OSError, ValueError) as exc:
+        return LiveKit(ok=False, url=url, error=f"unreachable ({error_text(exc)})")
+    return LiveKit(ok=True, url=url, latency_ms=round((time.monotonic() - started) * 1000, 1))
 
 
 def probe_redis(settings: ApplianceSettings) -> tuple[Redis, Flusher]:

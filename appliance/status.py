@@ -22,11 +22,13 @@ from appliance.masking import mask, secret_values
 from appliance.probes import (
     DEADLINE_S,
     Flusher,
+    LiveKit,
     Postgres,
     Redis,
     Supervisord,
     Worker,
     error_text,
+    probe_livekit,
     probe_postgres,
     probe_redis,
     probe_supervisor,
@@ -84,6 +86,7 @@ class Report(BaseModel):
     redis: Redis
     postgres: Postgres
     flusher: Flusher
+    livekit: LiveKit | None = None  # None: not probed (supervisord down)
     # Count and quantiles (seconds) of each of recorded.LATENCIES, since each recording program started; empty
     # while [metrics] is off (nothing is recorded then).
     latency: dict[str, dict[str, float | None]] = {}
@@ -102,6 +105,7 @@ def judge(
     postgres: Postgres,
     flusher: Flusher,
     *,
+    livekit: LiveKit | None = None,
     events_missing: bool = False,
     supervisor_down: bool = False,
 ) -> tuple[int, list[str]]:
@@ -113,6 +117,8 @@ def judge(
     if events_missing:
         problems.append("restart counts unavailable: the event listener (program events) has written nothing")
     problems += _store_problems(redis, postgres, flusher, judge_flusher=any(p.name == "flusher" for p in programs))
+    if livekit is not None and not livekit.ok:
+        problems.append(f"livekit at {livekit.url}: {livekit.error}")
     return (DEGRADED if problems else HEALTHY), problems
 
 
@@ -216,6 +222,7 @@ def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] |
         "supervisor": lambda: probe_supervisor(layout),
         "redis": lambda: probe_redis(settings),
         "postgres": lambda: probe_postgres(settings),
+        "livekit": lambda: probe_livekit(settings),
     }
     for name in WORKERS:
         probes[name] = functools.partial(probe_worker, settings, name)
@@ -253,6 +260,11 @@ def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] |
     else:
         redis, flusher = redis_result
     postgres = Postgres(ok=False, error=error_text(pg_result)) if isinstance(pg_result, BaseException) else pg_result
+    lk_result = results["livekit"]
+    url = settings.livekit.url
+    livekit = (
+        LiveKit(ok=False, url=url, error=error_text(lk_result)) if isinstance(lk_result, BaseException) else lk_result
+    )
 
     code, problems = judge(
         supervisord,
@@ -261,6 +273,7 @@ def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] |
         redis,
         postgres,
         flusher,
+        livekit=livekit,
         events_missing=supervisord.ok and restarts is None,
         supervisor_down=supervisor_down,
     )
@@ -275,6 +288,7 @@ def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] |
         redis=redis,
         postgres=postgres,
         flusher=flusher,
+        livekit=livekit,
         latency=recorded.latencies(
             recorded.read(recorded.directories(settings, layout)) if figures is None else figures
         ),

@@ -127,6 +127,11 @@ def human(report: Report) -> list[str]:
         )
     else:
         lines.append(f"flusher:  {f.error}")
+    lk = report.livekit
+    if lk is not None:
+        lines.append(
+            f"livekit:  up at {lk.url} ({lk.latency_ms} ms)" if lk.ok else f"livekit:  DOWN at {lk.url}: {lk.error}"
+        )
     lines += _latency_lines(report.latency)
     return lines
 

@@ -56,6 +56,7 @@ def test_every_program_running_and_status_healthy(appliance: InstalledAppliance)
     assert report["redis"]["ok"] and report["redis"]["maxmemory_mb"] == 2048
     assert report["postgres"]["ok"] and report["postgres"]["connections"] >= 1
     assert report["flusher"]["ok"] and report["flusher"]["lag_ms"] < 5000
+    assert report["livekit"]["ok"] and report["livekit"]["url"] == appliance.settings.livekit.url
     settings = appliance.settings
     text = json.dumps(report)
     for secret in (settings.redis.password, settings.postgres.password, settings.livekit.api_secret):

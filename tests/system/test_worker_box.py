@@ -79,6 +79,8 @@ def test_a_worker_box_on_shared_stores_over_tls(
     }
     assert report["redis"]["ok"] and report["postgres"]["ok"] and report["flusher"]["ok"], report
     assert [w["registered"] for w in report["workers"]] == [True]
+    assert report["livekit"]["ok"] and report["livekit"]["url"] == main.livekit.url, report["livekit"]
+    assert f"livekit:  up at {main.livekit.url}" in box.run("status").stdout
 
     # With the running appliance's own worker stopped, LiveKit has only the box's to give the room to.
     supervisor = appliance.supervisor()

@@ -32,6 +32,7 @@ def report(**fields: object) -> Report:
         "state": "healthy", "exit_code": 0, "verdict": "healthy: 6 programs running, 2 rooms", "problems": [],
         "supervisord": UP, "programs": [p.model_copy(update={"pss_mb": 50.0}) for p in whole()], "redis": FULL_REDIS,
         "postgres": PG, "flusher": FULL_FLUSHER, "collected_at": 0,
+        "livekit": {"ok": True, "url": "ws://127.0.0.1:7880", "latency_ms": 1.5},
         "workers": [registered(rooms=ROOMS, counters=COUNTERS)],
     }  # fmt: skip
     return Report.model_validate({**values, **fields})
@@ -48,6 +49,7 @@ def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def test_the_series_say_what_status_says() -> None:
     found = samples(exposition(report(), [], room_names=False, data_dir=Path("/")))
     assert found[("appliance_health", ())] == 0
+    assert found[("appliance_livekit_up", ())] == 1
     assert found[("appliance_rooms_active", (("worker", "worker"),))] == 2
     assert found[("appliance_rooms_pss_bytes", (("worker", "worker"),))] == 200 * 2**20
     assert found[("appliance_room_pss_max_bytes", (("worker", "worker"),))] == 120 * 2**20
@@ -74,6 +76,7 @@ def test_recorded_figures_go_out_beside_the_report(tmp_path: Path) -> None:
     assert found[("appliance_room_reply_seconds_count", (("program", "worker"),))] == 1
     assert found[("appliance_store_fallbacks_total", (("program", "worker"), ("tier", "postgres")))] == 1
     assert found[("appliance_health", ())] == 0
+    assert found[("appliance_livekit_up", ())] == 1
 
 
 def test_room_names_are_labels_only_when_asked() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -70,7 +71,7 @@ def verdict(
     postgres: Postgres = PG,
     flusher: Flusher = FLUSHER,
     supervisord: Supervisord = UP,
-    **flags: bool,
+    **flags: Any,
 ) -> tuple[int, list[str]]:
     return judge(
         supervisord,
@@ -554,3 +555,12 @@ def test_doctor_with_nothing_running_fails_with_fixes(tmp_path: Path) -> None:
     assert not by_name["redis"].ok and not by_name["postgres"].ok and not by_name["livekit"].ok
     assert not by_name["worker"].ok
     assert all(check.fix for check in checks if not check.ok)
+
+
+def test_livekit_unreachable_is_degraded_and_named() -> None:
+    from appliance.probes import LiveKit
+
+    down = LiveKit(ok=False, url="wss://lk.example", error="unreachable (connection refused)")
+    code, problems = verdict(livekit=down)
+    assert (code, problems) == (DEGRADED, ["livekit at wss://lk.example: unreachable (connection refused)"])
+    assert verdict(livekit=LiveKit(ok=True, url="wss://lk.example")) == (HEALTHY, [])
