@@ -7,6 +7,12 @@ worker process; only the owner renews or releases it). Whoever dispatches a room
 the worker that accepts the room's job then claims it and renews the claim while it serves the room, however long
 its pool takes to give the room a process, so no other worker dispatches it again. A worker that dies stops
 renewing: its rooms' claims lapse within dispatch_grace_s, and they are taken over.
+
+A whole box that dies leaves its agents in LiveKit's rooms as ghosts for a while (LiveKit drops a participant
+whose connection broke only after its own timeout, ~20 s), and its claims for up to dispatch_grace_s. So each
+worker also keeps a heartbeat (a key with a HEARTBEAT_TTL_S lifetime, renewed every second): a room whose agents'
+claim belongs to a worker without a heartbeat for orphan_after_s is an orphan too. Its ghosts are removed and the
+lock is taken over by one reconciler only (takeover.lua: only while it is still the dead worker's).
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from agent.store.keys import digest
 
 log = logging.getLogger("agent.redispatch")
 AGENT_KIND = models.ParticipantInfo.Kind.AGENT
+HEARTBEAT_EVERY_S = 1.0
+# Three missed beats: a worker slower than that to reach Redis is taken for dead, and then still has
+# orphan_after_s to beat again before its rooms are taken over.
+HEARTBEAT_TTL_S = 3.0
 
 
 @dataclass
@@ -54,6 +64,7 @@ class Redispatcher:
         # Unique per worker process, even for two workers of one host or a restarted one with the same pid.
         self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._owned = redis.register_script(lua("claim"))
+        self._takeover = redis.register_script(lua("takeover"))
         self._deaths: dict[str, deque[float]] = {}
         self._orphan_since: dict[str, float] = {}
 
@@ -136,6 +147,22 @@ class Redispatcher:
     def _grace_ms(self) -> int:
         return round(self.settings.dispatch_grace_s * 1000)
 
+    def _heartbeat_key(self, token: str) -> str:
+        return f"{self.key_prefix}worker:{token}"
+
+    async def heartbeat(self) -> None:
+        """This worker is alive: its claims are to be respected (see the module's docstring)."""
+        await self.redis.set(self._heartbeat_key(self.token), "1", px=round(HEARTBEAT_TTL_S * 1000))
+
+    async def _dead_holder(self, room: str) -> str | None:
+        """The token of the dead worker whose claim covers ``room`` ('' when none does), or None when its holder
+        is alive."""
+        holder = await self.redis.get(self._lock(room))
+        token = holder.decode() if isinstance(holder, bytes) else (holder or "")
+        if token and await self.redis.exists(self._heartbeat_key(token)):
+            return None
+        return token
+
     def _lock(self, room: str) -> str:
         """Held by whoever dispatches the room, then by the worker that serves it; shared by all workers."""
         return f"{self.key_prefix}dispatch:{digest(room)}"
@@ -154,6 +181,20 @@ class Redispatcher:
                 return f"dispatch {dispatch.id} has a pending job"
         return None
 
+    async def _take_over(self, room: str, dead: str, ghosts: list[str]) -> bool:
+        """A room whose agents belong to a dead worker: take its lock (one reconciler only), remove the ghosts,
+        dispatch an agent. True when this worker dispatched it."""
+        if not await self._takeover(keys=[self._lock(room)], args=[dead, self.token, self._grace_ms]):
+            return False
+        for identity in ghosts:
+            with suppress(api.TwirpError):  # gone meanwhile
+                await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+        await self.lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=self.settings.agent_name, room=room)
+        )
+        log.warning("room %s: its agents' worker is dead (no heartbeat); dispatched again", room)
+        return True
+
     async def reconcile(self, serving: frozenset[str] | set[str] = frozenset()) -> None:
         """Dispatch every room that has had humans and no agent for orphan_after_s. ``serving``: rooms this worker
         already has a process for, whose agent may still be joining on a loaded box (LiveKit 1.9 shows no job
@@ -163,15 +204,18 @@ class Redispatcher:
         seen: set[str] = set()
         for room in rooms.rooms:
             participants = await self.lkapi.room.list_participants(api.ListParticipantsRequest(room=room.name))
-            kinds = [p.kind for p in participants.participants]
-            if AGENT_KIND in kinds or not kinds or room.name in serving:
+            agents = [p.identity for p in participants.participants if p.kind == AGENT_KIND]
+            if not participants.participants or room.name in serving:
                 continue
+            dead = await self._dead_holder(room.name) if agents else ""
+            if dead is None:
+                continue  # its agent's worker is alive
             seen.add(room.name)
             since = self._orphan_since.setdefault(room.name, now)
             if now - since < self.settings.orphan_after_s or self.given_up(room.name):
                 continue
             try:
-                if await self.dispatch(room.name):
+                if await (self._take_over(room.name, dead, agents) if agents else self.dispatch(room.name)):
                     self.counters.reconciled += 1
                     self._orphan_since.pop(room.name, None)
             except api.TwirpError as exc:

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from agent.limits import die_with_parent
 from agent.logs import brief, setup_logging
 from agent.models import load_vad
-from agent.redispatch import Redispatcher
+from agent.redispatch import HEARTBEAT_EVERY_S, Redispatcher
 from agent.session import conversation_id_from, entrypoint
 from agent.settings import AgentSettings, load_or_exit, load_settings
 from agent.status import StatusServer
@@ -188,6 +188,15 @@ class Worker:
         except RedisError as exc:  # the claim lapses by itself within dispatch_grace_s
             log.warning("room %s: could not release its claim: %s", room, brief(exc))
 
+    async def _heartbeat_forever(self) -> None:
+        """Alive, for the other workers' reconcilers (agent/redispatch.py): until this process ends."""
+        while True:
+            try:
+                await self.redispatcher.heartbeat()
+            except RedisError as exc:
+                log.warning("could not renew this worker's heartbeat: %s", brief(exc))
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
     async def _renew_claims_forever(self) -> None:
         """A third of the claims' lifetime apart, so one late renewal never lets a served room's claim lapse."""
         while True:
@@ -240,6 +249,7 @@ class Worker:
         served = asyncio.create_task(self.server.run(), name="agent server")
         reconciler = asyncio.create_task(self._reconcile_forever(), name="reconciler")
         renewer = asyncio.create_task(self._renew_claims_forever(), name="claims")
+        heart = asyncio.create_task(self._heartbeat_forever(), name="heartbeat")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             await asyncio.wait({served, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -258,6 +268,7 @@ class Worker:
         finally:
             reconciler.cancel()
             renewer.cancel()
+            heart.cancel()
             stopping.cancel()
             await self.status.aclose()
             await self.lkapi.aclose()
