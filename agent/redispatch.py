@@ -12,7 +12,8 @@ A whole box that dies leaves its agents in LiveKit's rooms as ghosts for a while
 whose connection broke only after its own timeout, ~20 s), and its claims for up to dispatch_grace_s. So each
 worker also keeps a heartbeat (a key with a HEARTBEAT_TTL_S lifetime, renewed every second): a room whose agents'
 claim belongs to a worker without a heartbeat for orphan_after_s is an orphan too. Its ghosts are removed and the
-lock is taken over by one reconciler only (takeover.lua: only while it is still the dead worker's).
+lock is taken over by one reconciler only (takeover.lua: only while it is still the dead worker's). An agent no
+worker of ours claimed (another deployment's), or one of an older worker that keeps no heartbeat, is left alone.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ HEARTBEAT_EVERY_S = 1.0
 # Three missed beats: a worker slower than that to reach Redis is taken for dead, and then still has
 # orphan_after_s to beat again before its rooms are taken over.
 HEARTBEAT_TTL_S = 3.0
+# Ends the token of a worker that keeps a heartbeat: a claim of an older worker (during an upgrade's graceful
+# restart, the one draining) has none, and is respected until it lapses.
+HEARTBEAT_MARK = ":hb"
 
 
 @dataclass
@@ -62,7 +66,7 @@ class Redispatcher:
         self.key_prefix = key_prefix
         self.counters = Counters()
         # Unique per worker process, even for two workers of one host or a restarted one with the same pid.
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}{HEARTBEAT_MARK}"
         self._owned = redis.register_script(lua("claim"))
         self._takeover = redis.register_script(lua("takeover"))
         self._deaths: dict[str, deque[float]] = {}
@@ -155,11 +159,11 @@ class Redispatcher:
         await self.redis.set(self._heartbeat_key(self.token), "1", px=round(HEARTBEAT_TTL_S * 1000))
 
     async def _dead_holder(self, room: str) -> str | None:
-        """The token of the dead worker whose claim covers ``room`` ('' when none does), or None when its holder
-        is alive."""
+        """The token of the dead worker whose claim covers ``room``, or None: no claim (an agent of no worker of
+        ours: left alone), or one whose holder is alive or keeps no heartbeat (an older worker)."""
         holder = await self.redis.get(self._lock(room))
         token = holder.decode() if isinstance(holder, bytes) else (holder or "")
-        if token and await self.redis.exists(self._heartbeat_key(token)):
+        if not token.endswith(HEARTBEAT_MARK) or await self.redis.exists(self._heartbeat_key(token)):
             return None
         return token
 
@@ -209,7 +213,7 @@ class Redispatcher:
                 continue
             dead = await self._dead_holder(room.name) if agents else ""
             if dead is None:
-                continue  # its agent's worker is alive
+                continue  # its agents' worker is alive, or they are no worker's of ours
             seen.add(room.name)
             since = self._orphan_since.setdefault(room.name, now)
             if now - since < self.settings.orphan_after_s or self.given_up(room.name):

@@ -20,7 +20,7 @@ async def test_a_dead_workers_rooms_pass_to_one_other_worker(settings: AgentSett
     await dying.heartbeat()
     await dying.claim("busy-room")
     assert await others[0]._dead_holder("busy-room") is None  # alive: its claim stands
-    assert await others[0]._dead_holder("empty-room") == ""  # nobody's
+    assert await others[0]._dead_holder("empty-room") is None  # an agent no worker of ours claimed: left alone
 
     # It dies: no more beats. Within HEARTBEAT_TTL_S its heartbeat is gone, its claim still there.
     deadline = asyncio.get_running_loop().time() + HEARTBEAT_TTL_S + 2
@@ -35,6 +35,9 @@ async def test_a_dead_workers_rooms_pass_to_one_other_worker(settings: AgentSett
     assert await winner.redis.get(lock) == winner.token.encode()
     await winner.heartbeat()
     assert all([await o._dead_holder("busy-room") is None for o in others])
+    # An older worker's claim (no heartbeat kept, as during an upgrade's graceful restart) is never taken over.
+    await winner.redis.set(dying._lock("old-room"), "host:123:abcd")
+    assert await others[0]._dead_holder("old-room") is None
     for r in (dying, *others):
         await r.redis.aclose()
 
