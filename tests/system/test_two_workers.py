@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +24,6 @@ from tests.system.test_status import status
 from tests.system.test_worker_box import secret_file
 
 KILLED_ROOMS = 10
-GRACE_S = 6  # dispatch_grace_s of both boxes: how long a dead box's claims keep a room from the other
 
 
 def worker_box(
@@ -38,7 +35,6 @@ def worker_box(
     assert settings.livekit.api_key and settings.livekit.api_secret
     box = make()
     config = box.config_file.read_text()
-    config = config.replace("dispatch_grace_s = 15", f"dispatch_grace_s = {GRACE_S}")
     box.config_file.write_text(config.replace("[worker]\n", f"[worker]\nmax_rooms = {max_rooms}\n"))
     files = tmp_path / box.prefix.name
     files.mkdir()
@@ -64,13 +60,21 @@ def rooms_of(box: InstalledAppliance) -> set[str]:
 
 
 def kill_everything(box: InstalledAppliance) -> float:
-    """SIGKILL supervisord and every process under it at once; when, unix seconds."""
+    """SIGKILL supervisord and every process under it at once (again, for any that appeared meanwhile, until none
+    is left); when the first round went, unix seconds."""
     root = psutil.Process(box.supervisor().supervisord_pid())
-    family = [root, *root.children(recursive=True)]
     killed_at = time.time()
-    for proc in family:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
+    family = [root, *root.children(recursive=True)]
+
+    def gone() -> bool:
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive += [p for p in psutil.process_iter(["cmdline"]) if str(box.prefix) in " ".join(p.info["cmdline"] or [])]
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return not alive
+
+    wait_until(gone, 10, "every process of the box killed", interval=0.01)
     return killed_at
 
 
@@ -119,7 +123,11 @@ async def test_a_dead_worker_box_s_rooms_are_served_by_the_other(
         took = sorted(await asyncio.gather(*(back(room) for room in clients)))
         p50, p99 = statistics.median(took), took[-1]  # 10 samples: the largest is the 99th percentile
         print(f"rooms back after a whole box's SIGKILL: p50 {p50:.1f} s, p99 {p99:.1f} s ({took})")
-        assert p99 <= orphan_s + 10, took
+        if p99 > orphan_s + 10:
+            log = (second.layout.log_dir / "worker.log").read_text(errors="replace").splitlines()
+            said = [line for line in log if "reconcile" in line or "dispatch" in line or "Error" in line]
+            raise AssertionError(f"rooms back after {took}; the second worker said:\n"
+                                 + "\n".join(said[-30:]))  # fmt: skip
         for room, client in clients.items():
             await client.send(f"after the death of {room}")
             answer = await client.reply_containing(f"after the death of {room}")
