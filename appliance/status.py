@@ -117,8 +117,8 @@ def judge(
     if events_missing:
         problems.append("restart counts unavailable: the event listener (program events) has written nothing")
     problems += _store_problems(redis, postgres, flusher, judge_flusher=any(p.name == "flusher" for p in programs))
-    if livekit is not None and not livekit.ok:
-        problems.append(f"livekit at {livekit.url}: {livekit.error}")
+    if livekit is not None and not livekit.ok and any(p.name in WORKERS for p in programs):
+        problems.append(f"livekit at {livekit.url}: {livekit.error}")  # what the workers register with
     return (DEGRADED if problems else HEALTHY), problems
 
 
