@@ -21,7 +21,7 @@ from harness.appliance import InstalledAppliance
 from harness.servers import wait_until
 from tests.system.conftest import Join
 from tests.system.test_status import status
-from tests.system.test_worker_box import secret_file
+from tests.system.test_worker_box import secret_file, workers_stopped
 
 KILLED_ROOMS = 10
 
@@ -94,9 +94,7 @@ async def test_a_dead_worker_box_s_rooms_are_served_by_the_other(
     second = worker_box(new_appliance, appliance, tmp_path, max_rooms=50)
     resume = second.settings.worker.resume_greeting
     orphan_s = second.settings.worker.orphan_after_s + second.settings.worker.reconcile_every_s
-    supervisor = appliance.supervisor()
-    assert supervisor.stop("worker", timeout_s=120)  # LiveKit then has only the two boxes' workers
-    try:
+    with workers_stopped(appliance):  # LiveKit then has only the two boxes' workers
         assert second.supervisor().stop("worker", timeout_s=60)
         clients: dict[str, ChatClient] = {}
         for n in range(KILLED_ROOMS):
@@ -135,5 +133,3 @@ async def test_a_dead_worker_box_s_rooms_are_served_by_the_other(
             assert "holds 7 messages" in answer, (room, answer)
             assert await agents_in(appliance, room) == 1
         assert rooms_of(second) >= set(clients)
-    finally:
-        supervisor.start("worker")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from appliance.programs import WORKERS
 from harness.appliance import InstalledAppliance
 from harness.servers import PostgresServer, RedisServer, wait_until
 from harness.tls import TestCA
@@ -30,6 +32,21 @@ def shared_stores() -> Iterator[tuple[TestCA, RedisServer, PostgresServer]]:
         redis.close()
         pg.close()
         ca.close()
+
+
+@contextmanager
+def workers_stopped(appliance: InstalledAppliance) -> Iterator[None]:
+    """The running appliance without its worker (whichever of the two a graceful restart left running), so LiveKit
+    has only the other boxes' workers to give rooms to; started again after."""
+    supervisor = appliance.supervisor()
+    running = [p.name for p in supervisor.processes() if p.name in WORKERS and p.running]
+    for name in running:
+        assert supervisor.stop(name, timeout_s=120)
+    try:
+        yield
+    finally:
+        for name in running:
+            supervisor.start(name)
 
 
 def secret_file(directory: Path, name: str, secret: str) -> Path:
@@ -82,16 +99,11 @@ def test_a_worker_box_on_shared_stores_over_tls(
     assert report["livekit"]["ok"] and report["livekit"]["url"] == main.livekit.url, report["livekit"]
     assert f"livekit:  up at {main.livekit.url}" in box.run("status").stdout
 
-    # With the running appliance's own worker stopped, LiveKit has only the box's to give the room to.
-    supervisor = appliance.supervisor()
-    assert supervisor.stop("worker", timeout_s=120)
-    try:
+    with workers_stopped(appliance):  # LiveKit has only the box's worker to give the room to
         script = tmp_path / "chat.txt"
         script.write_text("hello over TLS\n")
         said = box.run("chat", "tls-room", "--identity", "carol", "--script", str(script), timeout=180).stdout
         assert "carol: hello over TLS" in said, said
-    finally:
-        supervisor.start("worker")
 
     def stored() -> list[str]:
         with pg.connect("shared") as conn:
