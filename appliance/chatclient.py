@@ -72,6 +72,11 @@ class ChatClient:
             raise Refused(ack["error"])
         return ack["message_id"]
 
+    def agent_present(self) -> bool:
+        """Whether an agent was in the room when we joined: it greeted those before us, not us."""
+        agent = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        return any(p.kind == agent for p in self.room.remote_participants.values())
+
     async def greeting(self, seconds: float = 30) -> str:
         """Wait for the agent's greeting: it is said once the agent listens, so lines sent after it are heard
         (a line sent into a room before the agent is there reaches nobody)."""

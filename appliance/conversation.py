@@ -37,7 +37,10 @@ async def converse(
         raise ApplianceError(f"cannot join {room} at {settings.livekit.url}: {connect_failure(str(exc))}") from None
     try:
         try:
-            out(f"agent: {await client.greeting(wait_s)}")
+            if client.agent_present():  # others are talking to it: no greeting for us
+                out(f"(joined {room}, where its agent already is)", err=True)
+            else:
+                out(f"agent: {await client.greeting(wait_s)}")
         except TimeoutError:
             raise ApplianceError(f"no agent answered in {room} within {wait_s:.0f}s: is the worker running?") from None
         printer = asyncio.create_task(print_replies(client, out)) if interactive else None

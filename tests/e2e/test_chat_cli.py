@@ -38,6 +38,37 @@ def test_chat_script_round_trip(worker: WorkerProcess, e2e_settings: AgentSettin
     assert "holds 4 messages" in lines[4]
 
 
+def test_a_second_person_joins_a_room_whose_agent_is_there(
+    worker: WorkerProcess, e2e_settings: AgentSettings, tmp_path: Path
+) -> None:
+    """The agent greets a room once; whoever joins later is answered without a greeting of their own (seen in
+    the container tests: ``appliance chat`` waited for a greeting that never came, and said no agent answered)."""
+    with subprocess.Popen(  # stays in the room while the second one talks
+        [sys.executable, "-m", "appliance.cli", "chat", "shared-room", "--identity", "dave"],
+        env=settings_env(e2e_settings, tmp_path / "first-config"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as first:
+        try:
+            assert first.stdout is not None
+            assert first.stdout.readline() == f"agent: {e2e_settings.worker.greeting}\n"  # the agent is there
+            script = tmp_path / "erin.txt"
+            script.write_text("hello, I came later\n")
+            done = appliance(
+                e2e_settings, tmp_path, "chat", "shared-room", "--identity", "erin", "--script", str(script)
+            )
+            assert done.returncode == 0, done.stderr
+            assert done.stderr == "(joined shared-room, where its agent already is)\n"
+            assert done.stdout.splitlines() == [
+                "erin: hello, I came later",
+                "agent: [offline model] I have heard erin. This conversation holds 2 messages. Last: erin: hello,"
+                " I came later",
+            ]
+        finally:
+            first.kill()
+
+
 def test_chat_says_clearly_when_livekit_is_unreachable(e2e_settings: AgentSettings, tmp_path: Path) -> None:
     nowhere = e2e_settings.livekit.model_copy(update={"url": f"ws://127.0.0.1:{free_port()}"})
     done = appliance(
