@@ -70,7 +70,38 @@ class Outcome:
     started: bool = False
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A box brought to its settings but not started: what starting it needs to know."""
+
+    settings: ApplianceSettings
+    layout: Layout
+    user: pwd.struct_passwd
+    changed: set[str]  # programs whose inputs changed since the last install
+    previous: dict[str, Any]  # what the last install applied (empty on a first install)
+    applied: dict[str, Any]  # what this one applies, recorded once the box is healthy
+
+
 def install(options: InstallOptions, report: Report) -> Outcome:
+    box = prepare(options, report)
+    settings, layout = box.settings, box.layout
+    outcome = Outcome(settings, layout)
+    unit_changed = _ensure_unit(settings, layout, report)
+    outcome.started = _ensure_running(layout, settings, report)
+    ensure_database(settings, report)
+    if not outcome.started and box.previous:
+        if unit_changed and systemd.runs():
+            outcome.restarted = _restart_unit(layout, report)
+        else:
+            outcome.restarted = _apply_changes(settings, layout, box.changed, report)
+    _wait_healthy(settings, layout, report)
+    write_state(box)
+    return outcome
+
+
+def prepare(options: InstallOptions, report: Report) -> Prepared:
+    """Every step that needs no running program: the settings checked, then the user, directories, config,
+    secrets, rendered files and PostgreSQL cluster; also what changed since the last install."""
     config_text = _candidate_config(options)
     secrets_text = _candidate_secrets(options, config_text)
     settings = _check(config_text, secrets_text)  # raises SettingsError: nothing is touched yet
@@ -83,7 +114,6 @@ def install(options: InstallOptions, report: Report) -> Outcome:
             " run install.sh, which installs them"
         )
     lk_source = _livekit_source(settings, options)
-    outcome = Outcome(settings, layout)
     user = _ensure_user(settings, report)
     _ensure_dirs(settings, layout, user, report)
     _write(options.config_file, config_text, mode=0o640, owner=(0, user.pw_gid), what="config", report=report)
@@ -99,28 +129,15 @@ def install(options: InstallOptions, report: Report) -> Outcome:
                 changed.add("supervisord")
     if settings.runs_stores:
         _ensure_cluster(settings, layout, user, report)
-    unit_changed = _ensure_unit(settings, layout, report)
-    state = _read_state(layout)
+    previous = _read_state(layout)
     sections = _section_hashes(settings)
     code = _code_fingerprint()
     for section, digest in sections.items():
-        if state.get("sections", {}).get(section) != digest:
+        if previous.get("sections", {}).get(section) != digest:
             changed |= registry.readers(section)
-    if state.get("code") != code:
+    if previous.get("code") != code:
         changed |= registry.ours()
-    outcome.started = _ensure_running(layout, settings, report)
-    if settings.runs_stores:
-        _ensure_database(settings, report)
-    else:
-        _ensure_schema(settings, report)  # a shared database: made by whoever runs it, migrated by any box
-    if not outcome.started and state:
-        if unit_changed and systemd.runs():
-            outcome.restarted = _restart_unit(layout, report)
-        else:
-            outcome.restarted = _apply_changes(settings, layout, changed, report)
-    _wait_healthy(settings, layout, report)
-    _write_state(layout, {"sections": sections, "code": code}, user)
-    return outcome
+    return Prepared(settings, layout, user, changed, previous, {"sections": sections, "code": code})
 
 
 def _set_up_host(
@@ -374,7 +391,11 @@ def _ensure_running(layout: Layout, settings: ApplianceSettings, report: Report)
     return started
 
 
-def _ensure_database(settings: ApplianceSettings, report: Report) -> None:
+def ensure_database(settings: ApplianceSettings, report: Report) -> None:
+    """The database (on a box running its own PostgreSQL) and its schema's migrations."""
+    if not settings.runs_stores:
+        _ensure_schema(settings, report)  # a shared database: made by whoever runs it, migrated by any box
+        return
     from psycopg import sql
 
     from appliance.stores import postgres_connection
@@ -503,8 +524,10 @@ def _read_state(layout: Layout) -> dict[str, Any]:
         return {}
 
 
-def _write_state(layout: Layout, state: dict[str, Any], user: pwd.struct_passwd) -> None:
-    write_atomic(layout.data_dir / STATE_NAME, json.dumps(state, indent=2), mode=0o644, owner=(0, user.pw_gid))
+def write_state(box: Prepared) -> None:
+    """What this install applied: the next one restarts what differs."""
+    text = json.dumps(box.applied, indent=2)
+    write_atomic(box.layout.data_dir / STATE_NAME, text, mode=0o644, owner=(0, box.user.pw_gid))
 
 
 def summary(outcome: Outcome, elapsed_s: float) -> list[str]:

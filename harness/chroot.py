@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from harness.checkout import copy_work_tree
 from harness.servers import wait_until
 
 CACHE_DIR = Path("/var/cache/appliance-tests")
@@ -236,20 +237,8 @@ class FreshRoot:
         return target
 
     def copy_checkout(self, checkout: Path, inside: str) -> Path:
-        """The work tree as git sees it (tracked and new files, nothing ignored such as .venv), into the root."""
-        target = self.path / inside.lstrip("/")
-        target.mkdir(parents=True)
-        listed = subprocess.run(
-            ["git", "-C", str(checkout), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        for name in filter(None, listed.decode().split("\0")):
-            source = checkout / name
-            if source.is_file():  # a file deleted from the work tree but not from the index is skipped
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, target / name)
-        return target
+        """The work tree as git sees it, into the root."""
+        return copy_work_tree(self.path / inside.lstrip("/"), checkout)
 
     def processes(self) -> list[psutil.Process]:
         return processes_in(self.path)

@@ -14,10 +14,15 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.chroot import HostNetwork
+import docker
+
+from harness import livekit
+from harness.checkout import copy_work_tree
+from harness.chroot import HostNetwork, pristine_tarball
 from harness.livekit import PrivateNetwork
 from harness.servers import wait_until
 
@@ -117,3 +122,50 @@ class Docker:
         enter = ["nsenter", f"--net=/proc/{self.pid(container)}/ns/net", ip]
         for args in PrivateNetwork.client_interface():
             subprocess.run([*enter, *args], check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+# The base the appliance's images are built on here: debootstrap's Debian 12 with this network's certificate
+# authorities (it may inspect TLS), as a Debian VM of this network has them; what a user passes as BASE_IMAGE.
+SITE_BASE = """\
+FROM {base}
+COPY local-cas/ /usr/local/share/ca-certificates/
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
+    ca-certificates >/dev/null && update-ca-certificates >/dev/null && rm -rf /var/lib/apt/lists/*
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+"""
+
+
+def sdk() -> docker.DockerClient:
+    """The docker Python SDK on the tests' engine."""
+    return docker.DockerClient(base_url=f"unix://{SOCKET}", timeout=1800)
+
+
+def site_base(engine: Docker, host: HostNetwork) -> str:
+    base = engine.imported(pristine_tarball(host))
+    with tempfile.TemporaryDirectory(prefix="appliance-site-base-") as tmp:
+        cas = Path(tmp) / "local-cas"
+        cas.mkdir()
+        for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
+            shutil.copyfile(ca, cas / ca.name)
+        return engine.built("site-base", SITE_BASE.format(base=base), Path(tmp), sorted(cas.iterdir()))
+
+
+def appliance_image(engine: Docker, host: HostNetwork, target: str) -> str:
+    """deploy/docker/Dockerfile's ``target`` built from this work tree as a user builds it (the context its root,
+    build/livekit-server in it), on the site base; the engine's layer cache makes an unchanged rebuild quick."""
+    base = site_base(engine, host)
+    tag = f"appliance-test-{target}:latest"
+    with tempfile.TemporaryDirectory(prefix="appliance-context-") as tmp:
+        context = copy_work_tree(Path(tmp) / "context")
+        (context / "build").mkdir(exist_ok=True)
+        shutil.copy2(livekit.binary(), context / "build" / "livekit-server")
+        sdk().images.build(
+            path=str(context),
+            dockerfile="deploy/docker/Dockerfile",
+            target=target,
+            buildargs={"BASE_IMAGE": base},
+            network_mode="host",
+            tag=tag,
+            rm=True,
+        )
+    return tag

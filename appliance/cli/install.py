@@ -125,6 +125,23 @@ def reconfigure(app: App) -> None:
     _run(app, InstallOptions(config_file=config_path(os.environ)))
 
 
+@click.command()
+@click.pass_obj
+def run(app: App) -> None:
+    """For a container (its init runs this): set the appliance up as install does, secrets made on first start,
+    then become supervisord in the foreground; SIGTERM drains the worker and exits 0."""
+    from agent.settings import config_path
+    from appliance.container import run as run_in_foreground
+
+    if os.geteuid() != 0:
+        raise click.UsageError("run as root: it prepares the data volume, then runs as the service user")
+
+    def report(outcome: str, what: str) -> None:
+        app.message(f"  {outcome:<10} {what}")
+
+    run_in_foreground(config_path(os.environ), report)
+
+
 def _read_secret(source: TextIO, option: str) -> str:
     """The secret a file holds, without its trailing newline: a secret never goes on a command line, where every
     local user can read it (/proc/*/cmdline) and the shell's history keeps it."""

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from harness import livekit
+from harness.checkout import copy_work_tree
 from harness.chroot import HostNetwork, pristine_tarball
 from harness.docker import Docker
 from harness.freshroot import install_sh_packages
@@ -129,22 +130,10 @@ class SystemdBox:
         self.docker("cp", str(source), f"{self.name}:{inside}")
 
     def copy_checkout(self) -> None:
-        """The work tree as git sees it (tracked and new files, nothing ignored such as .venv)."""
-        listed = subprocess.run(
-            ["git", "-C", str(CHECKOUT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        names = [n for n in listed.decode().split("\0") if n and (CHECKOUT / n).is_file()]
+        """The work tree as git sees it (harness.checkout)."""
         with tempfile.TemporaryDirectory(prefix="appliance-checkout-") as tmp:
-            archive = Path(tmp) / "checkout.tar"
-            subprocess.run(
-                ["tar", "-C", str(CHECKOUT), "--null", "-T", "-", "-cf", str(archive)],
-                input="\0".join(names).encode(),
-                check=True,
-            )
-            self.copy_in(archive, "/root/checkout.tar")
-        self.run(f"mkdir -p {SOURCE} && tar -C {SOURCE} -xf /root/checkout.tar && rm /root/checkout.tar")
+            copy_work_tree(Path(tmp) / "appliance")
+            self.copy_in(Path(tmp) / "appliance", SOURCE)
 
     def install(self) -> subprocess.CompletedProcess[str]:
         """The checkout, a livekit-server and the test config in; then install.sh as a newcomer runs it."""
