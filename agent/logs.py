@@ -70,6 +70,9 @@ def setup_logging(settings: LoggingSettings | None = None, *, stream: TextIO | N
     handler = logging.StreamHandler(out)
     handler.setFormatter(JournalFormatter() if journal else FileFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # A line per request to the health endpoints, which a container's health check or a probe calls every few
+    # seconds, would bury everything else; their failures still show as warnings.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # warnings.warn would otherwise print to stderr without a level.
     logging.captureWarnings(True)
 

@@ -33,7 +33,8 @@ TOOLS = (
     Tool("/lib/systemd/systemd-journald", "systemd", "the journal the programs log to"),
     Tool("systemd-cat", "systemd", "programs' output into the journal"),
     Tool("strace", "strace", "the check that no secret reaches a command line"),
-    Tool("/usr/sbin/dockerd", "docker.io", "the containers the appliance runs under a real systemd in"),
+    Tool("/usr/sbin/dockerd", "docker.io", "the appliance's images, and the containers of the systemd tests"),
+    Tool("docker-compose", "docker-compose", "runs deploy/compose.yaml in the container tests"),
     Tool("promtool", "prometheus", "checks and unit-tests the alert rules"),
 )
 
