@@ -46,6 +46,7 @@ class Forgotten:
     status: str | None = None  # its status in PostgreSQL before, when it was there
     postgres_messages: int = 0
     postgres_conversation: bool = False
+    postgres_dead_letters: int = 0  # entries the flusher set aside in PostgreSQL when Redis refused them
     stream_entries: int = 0  # messages and events still waiting for the flusher
     dead_letters: int = 0
     redis_keys: int = 0  # the cached list and the room's mapping
@@ -60,6 +61,7 @@ class Forgotten:
             (
                 self.postgres_messages,
                 self.postgres_conversation,
+                self.postgres_dead_letters,
                 self.stream_entries,
                 self.dead_letters,
                 self.redis_keys,
@@ -70,7 +72,11 @@ class Forgotten:
     def as_dict(self) -> dict[str, Any]:
         return {
             "conversation": self.conversation_id,
-            "postgres": {"messages": self.postgres_messages, "conversation": self.postgres_conversation},
+            "postgres": {
+                "messages": self.postgres_messages,
+                "conversation": self.postgres_conversation,
+                "dead_letters": self.postgres_dead_letters,
+            },
             "redis": {
                 "stream_entries": self.stream_entries,
                 "dead_letters": self.dead_letters,
@@ -238,6 +244,14 @@ def _drop_postgres(settings: AgentSettings, out: Forgotten) -> None:
         ).rowcount
         deleted = conn.execute("DELETE FROM conversations WHERE id = %s", (out.conversation_id,)).rowcount
         out.postgres_conversation = deleted > 0
+        # Dead letters hold the entry as it was (no column names its conversation): each is read to tell.
+        dead = [
+            row_id
+            for row_id, raw in conn.execute("SELECT id, raw FROM dead_letters").fetchall()
+            if _belongs(wal.conversation_of(bytes(raw)), out)
+        ]
+        if dead:
+            out.postgres_dead_letters = conn.execute("DELETE FROM dead_letters WHERE id = ANY(%s)", (dead,)).rowcount
 
 
 def _drop_redis_keys(client: redis.Redis, keys: Keys, out: Forgotten) -> None:

@@ -19,6 +19,7 @@ from agent.store.store import Conversation, ConversationStore
 from appliance.cli import main
 from appliance.errors import ApplianceError
 from appliance.forget import forget
+from appliance.stores import postgres_connection
 from harness.inspect import backlog, conversation_status, stored_ids
 from harness.processes import FlusherProcess, settings_env
 from harness.servers import RedisServer, wait_until
@@ -68,12 +69,18 @@ async def test_forget_removes_it_from_every_tier_and_nothing_comes_back(
     client = redis_server.client()
     client.xadd(keys.dead, {"entry": "1-1", "reason": "test", "v": doomed.window[0].encode()})
     client.xadd(keys.dead, {"entry": "1-2", "reason": "test", "v": kept.window[0].encode()})
+    # Dead letters the flusher kept in PostgreSQL (Redis refused them), one of each conversation.
+    with postgres_connection(settings.postgres) as conn:
+        for entry, message in (("2-1", doomed.window[1]), ("2-2", kept.window[1])):
+            conn.execute(
+                "INSERT INTO dead_letters (entry, reason, raw) VALUES (%s, 'test', %s)", (entry, message.encode())
+            )
 
     removed = forget(settings, doomed.id)
 
     assert removed.as_dict() == {
         "conversation": doomed.id,
-        "postgres": {"messages": 3, "conversation": True},
+        "postgres": {"messages": 3, "conversation": True, "dead_letters": 1},
         "redis": {"stream_entries": 2, "dead_letters": 1, "keys": 2, "aof_rewritten": True},  # keys: list, mapping
         "spool": {"lines": 1, "files": 1},
     }
@@ -85,6 +92,8 @@ async def test_forget_removes_it_from_every_tier_and_nothing_comes_back(
     assert [m.content for m in Spool(settings.store.spool_dir).messages_for(kept.id)] == ["kept spooled"]
     assert len(Spool(settings.store.spool_dir).files()) == 1  # one file held both: rewritten without doomed's line
     assert client.xlen(keys.dead) == 1
+    with postgres_connection(settings.postgres) as conn:
+        assert conn.execute("SELECT entry FROM dead_letters").fetchall() == [("2-2",)]
 
     flush_everything(settings, redis_server, tmp_path / "after")
 
