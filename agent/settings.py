@@ -6,6 +6,7 @@ defaults. Secrets (every ``SecretStr`` field) may come only from the secrets fil
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import stat
 import sys
@@ -168,7 +169,14 @@ class WorkerSettings(Section):
     drain_timeout_s: int = Field(300, ge=1)  # on SIGTERM, active rooms get this long to finish
     # Attempts to reach LiveKit (backing off up to 10 s) before the worker exits non-zero to be restarted.
     connect_retries: int = Field(16, ge=0)
-    health_port: int = Field(8081, ge=0, le=65535)  # livekit's own health server, on 127.0.0.1
+    health_port: int = Field(8081, ge=0, le=65535)  # livekit's own health server, on health_bind
+    # Where livekit's health server (and its Prometheus endpoint) listens: loopback on a box; in a pod, its own
+    # address (0.0.0.0), where the kubelet probes it and Prometheus scrapes it.
+    health_bind: str = "127.0.0.1"
+    # livekit-agents' Prometheus endpoint on health_bind (lk_agents_active_job_count: the rooms this worker
+    # serves, what an autoscaler scales on); 0: off. For a worker alone in its container or pod: on a box the
+    # exporter ([metrics]) serves the rooms, and the two workers of a graceful restart would share the port.
+    prometheus_port: int = Field(0, ge=0, le=65535)
     status_port: int = Field(8082, ge=0, le=65535)  # our JSON view of rooms and processes, on 127.0.0.1
     departure_timeout_s: float = Field(20, ge=0)  # the room's process ends this long after its last human left
     greeting: str = "Hello! I'm listening to everyone in this room."
@@ -180,6 +188,12 @@ class WorkerSettings(Section):
     # After a dispatch, the room is left alone this long for its agent to join (a loaded box can take a while):
     # dispatching it again sooner could put two agents in it.
     dispatch_grace_s: float = Field(60, ge=1)
+
+    @field_validator("health_bind")
+    @classmethod
+    def _an_address(cls, value: str) -> str:
+        ipaddress.ip_address(value)  # a ValueError names the field
+        return value
 
 
 class ModelSettings(Section):

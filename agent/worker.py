@@ -81,8 +81,9 @@ def build_server(
         ws_url=livekit.url,
         api_key=livekit.api_key.get_secret_value() if livekit.api_key else "",
         api_secret=livekit.api_secret.get_secret_value() if livekit.api_secret else "",
-        host="127.0.0.1",  # the health server binds every interface by default
+        host=worker.health_bind,  # livekit's default is every interface
         port=worker.health_port,
+        prometheus_port=worker.prometheus_port or None,
         job_memory_warn_mb=worker.job_memory_warn_mb,
         job_memory_limit_mb=worker.job_memory_limit_mb if worker.memory_monitor else 0,
         num_idle_processes=worker.num_idle_processes,

@@ -248,7 +248,7 @@ def _drop_postgres(settings: AgentSettings, out: Forgotten) -> None:
         dead = [
             row_id
             for row_id, raw in conn.execute("SELECT id, raw FROM dead_letters").fetchall()
-            if _belongs(wal.conversation_of(bytes(raw)), out)
+            if isinstance(raw, bytes) and _belongs(wal.conversation_of(raw), out)  # bytea is bytes
         ]
         if dead:
             out.postgres_dead_letters = conn.execute("DELETE FROM dead_letters WHERE id = ANY(%s)", (dead,)).rowcount

@@ -104,6 +104,10 @@ def test_the_worker_image_serves_drains_and_is_taken_over(compose: tuple[Compose
     appliance.container.exec_run(["bash", "-c", stay.format("first line", "/tmp/frank.out")], detach=True)
     wait_for_line(appliance, "/tmp/frank.out", r"holds 2 messages", 60)
     assert "received job request" in worker.logs()  # it took the job: no other worker runs
+    # Its own Prometheus endpoint counts it (what a Kubernetes autoscaler scales on: deploy/helm).
+    scraped = appliance.sh("python -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:9465/metrics')"
+                           ".read().decode())\"")  # fmt: skip
+    assert re.search(r"^lk_agents_active_job_count\{[^}]*\} 1\.0$", scraped, flags=re.MULTILINE), scraped
 
     # docker stop: the worker container drains (frank stays, so until its drain timeout) and exits 0.
     code, took = worker.stop()

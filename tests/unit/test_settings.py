@@ -126,11 +126,13 @@ def test_a_typo_names_the_field(tmp_path: Path, text: str, expected: str) -> Non
 
 
 def test_an_invalid_value_names_the_field(tmp_path: Path) -> None:
-    write_config(tmp_path, '[redis]\nport = 70000\n[store]\nkey_prefix = "has space"\n')
+    write_config(
+        tmp_path, '[redis]\nport = 70000\n[store]\nkey_prefix = "has space"\n[worker]\nhealth_bind = "localhost"\n'
+    )
     with pytest.raises(SettingsError) as excinfo:
         load()
     fields = sorted(error.split(":", 1)[0] for error in errors_of(excinfo))
-    assert fields == ["redis.port", "store.key_prefix"]
+    assert fields == ["redis.port", "store.key_prefix", "worker.health_bind"]
 
 
 def test_an_invalid_environment_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
