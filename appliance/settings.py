@@ -113,5 +113,9 @@ class ApplianceSettings(AgentSettings):
 
 
 def load() -> ApplianceSettings:
-    """Load from the config file, the secrets file and the environment, or raise SettingsError."""
-    return load_settings(ApplianceSettings)
+    """Load from the config file, the secrets file and the environment, or raise SettingsError. On a box with its
+    own Redis, the control plane connects as its ACL user there (agent/store/acl.py)."""
+    settings = load_settings(ApplianceSettings)
+    if settings.runs_stores and settings.redis.acl_user is None:
+        settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"acl_user": "cli"})})
+    return settings

@@ -26,11 +26,12 @@ COMMAND_TIMEOUT_S = 10.0
 
 
 def redis_client(settings: RedisSettings, timeout_s: float = COMMAND_TIMEOUT_S, *, retry: bool = True) -> redis.Redis:
-    """A blocking client as Redis's default user, the password's holder: the control plane reads INFO and
-    rewrites keys no data-plane ACL user may. An operator's command rides out a dropped connection with redis-py's
-    retries; a probe (``retry=False``) answers within its timeout instead."""
-    admin = settings.model_copy(update={"acl_user": None})
-    kwargs = connection_kwargs(admin, timeout_s)
+    """A blocking client as the control plane's ACL user on a Redis that has the appliance's users (the settings
+    name one: the box's own Redis), else as the settings' user. An operator's command rides out a dropped
+    connection with redis-py's retries; a probe (``retry=False``) answers within its timeout instead."""
+    if settings.acl_user is not None:
+        settings = settings.model_copy(update={"acl_user": "cli"})
+    kwargs = connection_kwargs(settings, timeout_s)
     return redis.Redis(**kwargs) if retry else redis.Redis(**kwargs, retry=Retry(NoBackoff(), 0))
 
 

@@ -1,9 +1,9 @@
-"""The Redis ACL users the appliance's own Redis gives the data plane's programs.
+"""The Redis ACL users the appliance's own Redis gives its programs and its command line.
 
 Each may run exactly the commands it uses, on its own key prefix only, so a bug cannot FLUSHALL, reconfigure Redis
 or touch another appliance's keys. The threat is bugs, not hostile agent code: that runs as the same OS user and
-can read secrets.toml. One secret serves every user: each password is derived from redis.password (the
-operator's and the CLI's, Redis' default user).
+can read secrets.toml. One secret serves every user: each password is derived from redis.password (Redis'
+default user's, left to an operator's redis-cli).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from typing import Literal
 
-AclUser = Literal["worker", "flusher"]
+AclUser = Literal["worker", "flusher", "cli"]
 
 # Scripts run by SHA, loaded on a miss (a pipeline asks first).
 _COMMON = ("evalsha", "script|load", "script|exists")
@@ -34,6 +34,18 @@ COMMANDS: dict[AclUser, tuple[str, ...]] = {
         *("xgroup|create", "xreadgroup", "xautoclaim", "xack", "xdel", "xlen", "xrange"),
         # dead letters; stats.lua; settle.lua; lists dropped after a spool import
         *("xadd", "del", "hset", "hget", "expire"),
+    ),
+    # The control plane: the `appliance` command and the exporter.
+    "cli": (
+        *_COMMON,
+        # status, doctor and the exporter: Redis' figures, the stream's and the flusher's
+        *("info", "dbsize", "xlen", "hgetall", "xinfo|groups", "xinfo|consumers", "xinfo|stream"),
+        # backup and restore: every key of the prefix
+        *("scan", "pttl", "dump", "restore", "unlink"),
+        # forget: the conversation's entries, lists and room mappings (a transaction on the mapping), both
+        # streams rebuilt (compact.lua), then the append-only file rewritten
+        *("xrange", "xdel", "xpending", "del", "exists", "hget", "watch", "multi", "exec", "unwatch", "discard"),
+        *("xadd", "xgroup|create", "xsetid", "bgrewriteaof"),
     ),
 }
 

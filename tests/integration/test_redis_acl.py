@@ -1,4 +1,5 @@
-"""The worker's and the flusher's Redis users (agent/store/acl.py) on a real Redis: what each may not do."""
+"""The worker's, the flusher's and the command line's Redis users (agent/store/acl.py) on a real Redis: what each
+may not do."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def server() -> Iterator[RedisServer]:
     server.close()
 
 
-@pytest.mark.parametrize("user", ["worker", "flusher"])
+@pytest.mark.parametrize("user", ["worker", "flusher", "cli"])
 async def test_a_program_cannot_flush_reconfigure_or_read_another_prefix(server: RedisServer, user: str) -> None:
     client: aioredis.Redis = make_client(server.settings(acl_user=user))  # type: ignore[arg-type]
     try:

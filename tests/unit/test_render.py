@@ -87,14 +87,14 @@ def test_postgres_memory_follows_the_box() -> None:
     assert small.max_connections >= 2 * 2 * 52
 
 
-def test_the_worker_and_the_flusher_each_get_their_own_redis_user() -> None:
+def test_the_worker_the_flusher_and_the_cli_each_get_their_own_redis_user() -> None:
     import hashlib
 
     from agent.store import acl
 
     files = rendered()
     users = {line.split()[1]: line.split()[2:] for line in files["redis.conf"].splitlines() if line.startswith("user ")}
-    assert set(users) == {"worker", "flusher"}
+    assert set(users) == {"worker", "flusher", "cli"}
     for user, rules in users.items():
         derived = acl.password("r-secret", user)  # type: ignore[arg-type]
         assert f"#{hashlib.sha256(derived.encode()).hexdigest()}" in rules and derived not in files["redis.conf"]
