@@ -33,9 +33,16 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     problems = ci_problems()
     try:
-        binary()
+        found = binary()
     except RuntimeError as exc:
         problems.append(str(exc))
+    else:
+        from appliance.host import bundled_livekit_version, livekit_version
+
+        # The suite proves the server the appliance bundles, not whichever one is on the machine.
+        version, wanted = livekit_version(found), bundled_livekit_version()
+        if version != wanted:
+            problems.append(f"{found} is livekit-server {version}, not {wanted} (scripts/build-livekit-server)")
     if problems:
         raise pytest.UsageError("this machine cannot run the whole suite: " + "; ".join(problems))
 
