@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from agent.flusher import install_consumer
 from agent.settings import AgentSettings
-from agent.store.keys import Keys
+from agent.store.keys import GROUP, Keys
 from agent.store.store import ConversationStore
 from harness.inspect import backlog, stored_ids
 from harness.processes import FlusherProcess
@@ -39,6 +40,35 @@ async def test_kill_9_at_a_crash_point_loses_and_duplicates_nothing(
     finally:
         assert flusher.terminate() == 0
     assert stored_ids(settings) == sorted(m.id for m in sent)  # every message, exactly once
+
+
+async def test_a_restarted_flusher_of_the_same_install_reads_its_own_pending_entries(
+    store: ConversationStore, settings: AgentSettings, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """With the default consumer name (one per install, kept in the spool directory), a flusher killed holding a
+    batch is followed by one with the same name, which reads that batch at once: no other flusher's claim of
+    stale entries is needed (here it would come after an hour)."""
+    default = settings.model_copy(
+        update={"flusher": settings.flusher.model_copy(update={"consumer": "", "claim_idle_ms": 3_600_000})}
+    )
+    conv = await store.open("restarted")
+    sent = [await conv.append("user", "u", f"m{i}") for i in range(40)]
+    marker = tmp_path / "fault-reached"
+    faults = {"APPLIANCE_FAULT_POINTS": "flusher.after_write", "APPLIANCE_FAULT_MARKER": str(marker)}
+    doomed = FlusherProcess(default, tmp_path / "doomed", faults).start(ready=False)
+    assert doomed.wait(30) == -9
+    name = install_consumer(default.store.spool_dir)
+    client = redis_server.client()
+    stream = Keys(default.store.key_prefix).stream
+    held = client.xpending(stream, GROUP)
+    assert held["pending"] > 0 and [c["name"].decode() for c in held["consumers"]] == [name]
+    flusher = FlusherProcess(default, tmp_path / "restarted").start()
+    try:
+        wait_until(lambda: backlog(client, default) == 0, 30, "the stream drained")
+    finally:
+        assert flusher.terminate() == 0
+    assert stored_ids(default, conv.id) == [m.id for m in sent]
+    assert [c["name"].decode() for c in client.xinfo_consumers(stream, GROUP)] == [name]
 
 
 async def test_sigterm_drains_the_backlog_and_exits_0(
