@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Generator, Iterator
@@ -25,6 +26,8 @@ TEMPLATE_DB = "appliance_template"
 ALLOWED_SKIPS: dict[str, str] = {}
 UNDER_CI = os.environ.get("APPLIANCE_CI") == "1"
 SECONDS_BY_DIR: defaultdict[str, float] = defaultdict(float)
+# Tests before which Ctrl-C was found ignored or blocked in this process (see _ctrl_c_restored).
+LEFT_CTRL_C: list[str] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,8 +62,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped under CI, and not in tests/conftest.py ALLOWED_SKIPS: {reason}"
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_restored(request: pytest.FixtureRequest) -> None:
+    """Ctrl-C as a terminal gives it, before every test. Every child inherits an ignored or blocked SIGINT, so a
+    test that interrupts a CLI (``logs -f``, ``status --watch``) would wait forever in a session started as a
+    shell's background job (which ignores SIGINT) or after a test that left it so (livekit-agents masks it around
+    its process starts)."""
+    ignored = signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    if ignored or blocked:
+        LEFT_CTRL_C.append(request.node.nodeid)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Time per test directory (setup, call and teardown), the figure each note reports."""
+    if LEFT_CTRL_C:
+        terminalreporter.section("Ctrl-C found ignored or blocked before (restored)")
+        for nodeid in LEFT_CTRL_C:
+            terminalreporter.write_line(nodeid)
     if SECONDS_BY_DIR:
         terminalreporter.section("time per test directory")
         for directory, seconds in sorted(SECONDS_BY_DIR.items()):
