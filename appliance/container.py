@@ -22,6 +22,7 @@ from appliance import install
 from appliance.errors import ApplianceError
 from appliance.install import InstallOptions, Prepared, Report
 from appliance.render import postgres_bindir
+from appliance.service import supervisord_env
 
 POSTGRES_STOP_S = 60
 
@@ -66,10 +67,7 @@ def _postgres_alone(box: Prepared) -> Iterator[None]:
 def _become_supervisord(box: Prepared) -> NoReturn:
     layout = box.layout
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(layout.data_dir),
-        "LANG": "C.UTF-8",
-        "APPLIANCE_CONFIG": str(layout.config_file),
+        **supervisord_env(layout),
         # The settings given as environment (APPLIANCE_<SECTION>__<KEY>) hold for every program, as they did here.
         **{k: v for k, v in os.environ.items() if k.startswith("APPLIANCE_")},
     }

@@ -50,6 +50,16 @@ def _start_error(layout: Layout) -> str:
     return lines[0][:300] if lines else f"see {layout.supervisord_log}"
 
 
+def supervisord_env(layout: Layout) -> dict[str, str]:
+    """supervisord's environment, which its programs inherit: where the config is, nothing of the caller's."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(layout.data_dir),
+        "LANG": "C.UTF-8",
+        "APPLIANCE_CONFIG": str(layout.config_file),
+    }
+
+
 def _start_background(settings: ApplianceSettings, layout: Layout) -> None:
     """Without systemd: the same supervisord, in its own session, as the service user."""
     user = pwd.getpwnam(settings.control.user)
@@ -57,12 +67,7 @@ def _start_background(settings: ApplianceSettings, layout: Layout) -> None:
     os.chown(layout.run_dir, user.pw_uid, user.pw_gid)
     layout.run_dir.chmod(0o750)
     as_user = os.geteuid() == 0 and user.pw_uid != 0
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(layout.data_dir),
-        "LANG": "C.UTF-8",
-        "APPLIANCE_CONFIG": str(layout.config_file),
-    }
+    env = supervisord_env(layout)
     # -s: no copy of its log on stdout (it has its logfile); what it prints before that (a bad config) is kept.
     with _start_log(layout).open("w") as out:
         subprocess.Popen(
