@@ -20,22 +20,23 @@ from typing import Any
 
 from livekit import rtc
 from livekit.agents import NOT_GIVEN, Agent, AgentSession, JobContext, llm
+from livekit.agents.utils import is_given
 from livekit.agents.voice import SpeechHandle, room_io
-from livekit.agents.voice.events import ConversationItemAddedEvent
+from livekit.agents.voice.events import ConversationItemAddedEvent, FunctionToolsExecutedEvent
 from prometheus_client import Histogram
 
 from agent import metrics
+from agent.history import STORED_KEY, restore, to_chat_message, tool_records
 from agent.limits import apply_memory_backstop
 from agent.models import SPEAKER_KEY, build_llm, build_stt, build_tts
 from agent.settings import AgentSettings
-from agent.store.records import InvalidMessage, Message
+from agent.store.records import InvalidMessage
 from agent.store.store import Conversation, ConversationStore, StoreUnavailable
 
 log = logging.getLogger("agent.session")
 CHAT_TOPIC = "lk.chat"
 # Tells a sender what became of its line: {"stream_id", "message_id"} once stored, {"stream_id", "error"} if not.
 ACK_TOPIC = "appliance.ack"
-STORED_KEY = "message_id"  # ChatMessage.extra key of items the session has already stored
 RAW_KEY = "spoken_text"  # ChatMessage.extra key: a transcribed turn's text, before we named its speaker
 EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE
 
@@ -48,17 +49,6 @@ def conversation_id_from(metadata: str) -> str | None:
         return None
     found = value.get("conversation_id") if isinstance(value, dict) else None
     return found if isinstance(found, str) and found else None
-
-
-def to_chat_message(message: Message) -> llm.ChatMessage:
-    """A stored message as the agent's context holds it: the LLM sees only content, so it names the speaker."""
-    if message.role == "user":
-        return llm.ChatMessage(
-            role="user",
-            content=[f"{message.participant}: {message.content}"],
-            extra={SPEAKER_KEY: message.participant, STORED_KEY: message.id},
-        )
-    return llm.ChatMessage(role=message.role, content=[message.content], extra={STORED_KEY: message.id})
 
 
 class RoomSession:
@@ -78,13 +68,17 @@ class RoomSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._departure: asyncio.TimerHandle | None = None
         self.ended = False
+        self.last_speaker = ""  # who spoke last: the speaker a tool call is stored under
 
     async def start(self, agent: Agent, started: float) -> None:
-        """``started``: when this process took the room's job (perf_counter), for the greeting's latency."""
-        history = llm.ChatContext([to_chat_message(m) for m in self.conv.window])
-        await agent.update_chat_ctx(history)
+        """``started``: when this process took the room's job (perf_counter), for the greeting's latency.
+
+        Audio goes in and out when the appliance's models ([models]) or the operator's agent itself has an STT
+        or a TTS (an agent's own models win over the session's)."""
+        await agent.update_chat_ctx(llm.ChatContext(restore(self.conv.window)))
         self._name_spoken_turns(agent)
         self.session.on("conversation_item_added", self._on_item_added)
+        self.session.on("function_tools_executed", self._on_tools_executed)
         room = self.ctx.room
         room.register_text_stream_handler(CHAT_TOPIC, self._on_chat)
         room.on("participant_connected", self._on_participant_connected)
@@ -94,8 +88,8 @@ class RoomSession:
             room=room,
             room_options=room_io.RoomOptions(
                 text_input=False,  # replaced by _on_chat, which listens to everyone
-                audio_input=self.ears is not None,  # the linked participant's voice, when an STT is configured
-                audio_output=self.voice is not None,  # replies are spoken too when a TTS is configured
+                audio_input=_given(agent.stt, self.ears),  # the linked participant's voice, when there is an STT
+                audio_output=_given(agent.tts, self.voice),  # replies are spoken too, when there is a TTS
                 close_on_disconnect=False,  # the room, not one participant, decides when we are done
             ),
             record=False,
@@ -117,6 +111,7 @@ class RoomSession:
                 speaker = linked.identity if linked else ""
                 raw = new_message.text_content or ""
                 new_message.extra |= {SPEAKER_KEY: speaker, RAW_KEY: raw}
+                self.last_speaker = speaker
                 new_message.content = [f"{speaker}: {raw}"]
             await operator_hook(turn_ctx, new_message)
 
@@ -140,6 +135,7 @@ class RoomSession:
             await self._ack(identity, {"stream_id": stream_id, "error": str(exc)})
             return
         stored = time.perf_counter()
+        self.last_speaker = identity
         await self._ack(identity, {"stream_id": stream_id, "message_id": message.id})
         _time_to(self.session.generate_reply(user_input=to_chat_message(message)), metrics.room().reply, stored)
 
@@ -156,6 +152,20 @@ class RoomSession:
         content = str(item.extra.get(RAW_KEY, item.text_content or ""))
         self._spawn(self._store_item(item.role, self._speaker(item), content), "store item")
         self._spawn(self._trim_context(), "trim context")
+
+    def _on_tools_executed(self, event: FunctionToolsExecutedEvent) -> None:
+        """Each call and its output, stored in that order as two ``tool`` messages (agent/history.py), under the
+        speaker whose turn the tool answered (the last one heard)."""
+        limit = self.settings.store.max_content_bytes
+        records = [r for call, output in event.zipped() for r in tool_records(call, output, limit)]
+        self._spawn(self._store_tools(self.last_speaker, records), "store tool calls")
+
+    async def _store_tools(self, speaker: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        for content, metadata in records:
+            try:
+                await self.conv.append("tool", speaker, content, metadata)
+            except (InvalidMessage, StoreUnavailable) as exc:
+                log.error("tool %s %s not stored: %s", metadata["name"], metadata["tool"], exc)
 
     def _speaker(self, item: llm.ChatMessage) -> str:
         """Who said an item the session produced: the agent, or for a transcribed turn the linked participant."""
@@ -214,6 +224,12 @@ class RoomSession:
         with contextlib.suppress(StoreUnavailable):
             await self.conv.close("ended" if self.ended else "interrupted")
         await self.store.aclose()
+
+
+def _given(own: object, session_model: object) -> bool:
+    """Whether a model is there: the agent's own when it set one (None included: it wants none), else the
+    session's."""
+    return own is not None if is_given(own) else session_model is not None
 
 
 def _time_to(speech: SpeechHandle, histogram: Histogram, since: float) -> None:

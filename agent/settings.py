@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 import sys
 import tomllib
@@ -159,6 +160,9 @@ class WorkerSettings(Section):
 
     # The operator's agent: "package.module:factory", a callable returning a livekit Agent (instructions, tools).
     agent: str = Field("agent.sample:build", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    # Where the factory's package is, when it is not in the appliance's venv: the directory `appliance agent
+    # install` made for the agent's version (appended to sys.path, so the appliance's packages always win).
+    agent_path: Path | None = None
     agent_name: str = ""  # empty: LiveKit dispatches every new room to us automatically
     max_rooms: int = Field(50, ge=1)  # the load we report is rooms / max_rooms
     num_idle_processes: int = Field(2, ge=0)  # prewarmed room processes, ready before a room arrives
@@ -237,6 +241,50 @@ class LiveKitSettings(Section):
         return no_credentials(value, "livekit.api_key, livekit.api_secret")
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What the agent's environment may not set: the appliance's own settings, and what changes how Python, the
+# dynamic linker or the service's account behave.
+RESERVED_ENV_PREFIXES = ("APPLIANCE_", "PYTHON", "LD_")
+RESERVED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "VIRTUAL_ENV"})
+
+
+def check_env_name(name: str) -> str:
+    """An environment variable name the operator's agent may be given, or ValueError naming it."""
+    if not ENV_NAME.match(name):
+        raise ValueError(f"agent.env.{name}: not an environment variable name (letters, digits and _)")
+    if name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIXES):
+        raise ValueError(f"agent.env.{name}: reserved for the appliance and Python; choose another name")
+    return name
+
+
+class OperatorAgentSettings(Section):
+    """[agent]: the environment the operator's agent runs with, given only to the worker and its room processes.
+
+    ``env`` is [agent.env] of appliance.toml (plain values); ``secret_env`` is [agent.env] of secrets.toml
+    (provider keys: masked wherever settings are shown, never on a command line).
+    """
+
+    env: dict[str, str] = {}
+    secret_env: dict[str, SecretStr] = {}
+
+    @field_validator("env", "secret_env")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            check_env_name(name)
+        return value
+
+    @model_validator(mode="after")
+    def _one_home(self) -> Self:
+        both = sorted(set(self.env) & set(self.secret_env))
+        if both:
+            raise ValueError(f"agent.env.{both[0]}: set in both appliance.toml and secrets.toml; keep one")
+        return self
+
+    def environ(self) -> dict[str, str]:
+        return self.env | {name: value.get_secret_value() for name, value in self.secret_env.items()}
+
+
 class LoggingSettings(Section):
     """How the worker and the flusher write their lines (supervisord carries them to the journal or to files)."""
 
@@ -259,6 +307,7 @@ class AgentSettings(BaseSettings):
     models: ModelSettings = ModelSettings()
     livekit: LiveKitSettings = LiveKitSettings()
     logging: LoggingSettings = LoggingSettings()
+    agent: OperatorAgentSettings = OperatorAgentSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -314,13 +363,14 @@ def load_settings(model: type[S], *, config_file: Path | None = None, secrets_fi
         if path in secret_fields
     ]
     secrets = _read_secrets(sec_file, required=secrets_file is not None or "APPLIANCE_SECRETS" in environ)
+    errors += _agent_env_in_place(values, secrets)
     known = {path for path, _ in _fields(model)}
     errors += [
         f"{path}: {sec_file.name} holds only secrets; put this setting in {cfg_file.name}"
         if path in known
         else f"{path}: unknown setting (check the spelling)"
         for path in _leaf_paths(secrets)
-        if path not in secret_fields
+        if path not in secret_fields and not path.startswith("agent.secret_env.")
     ]
     if errors:
         raise SettingsError(errors)
@@ -330,6 +380,20 @@ def load_settings(model: type[S], *, config_file: Path | None = None, secrets_fi
         raise SettingsError([_describe(err) for err in exc.errors()]) from None
     except PydanticSettingsError as exc:  # an environment value that is not even parseable
         raise SettingsError([f"environment: {exc}"]) from None
+
+
+def _agent_env_in_place(values: dict[str, Any], secrets: dict[str, Any]) -> list[str]:
+    """[agent.env] of the secrets file becomes agent.secret_env (the operator writes [agent.env] in either file;
+    which file it is in says whether it is a secret). Returns the errors: secret_env is no name to write."""
+    errors = [
+        f"agent.secret_env: unknown setting (a secret variable goes in [agent.env] of {SECRETS_NAME})"
+        for table in (values, secrets)
+        if isinstance(table.get("agent"), dict) and "secret_env" in table["agent"]
+    ]
+    agent = secrets.get("agent")
+    if isinstance(agent, dict) and isinstance(agent.get("env"), dict):
+        agent["secret_env"] = agent.pop("env")
+    return errors
 
 
 def load_or_exit(model: type[S]) -> S:
@@ -349,7 +413,7 @@ def _describe(err: Any) -> str:
         reason = "unknown setting (check the spelling)"
     elif err["type"] == "value_error":
         reason = str(err["ctx"]["error"])  # our own validators' words, without pydantic's "Value error, "
-        if reason.startswith(f"{field}.") or not err["loc"]:
+        if not err["loc"] or reason.startswith(f"{err['loc'][0]}."):
             return reason  # a validator of a whole section, or of the whole: it names its field itself
     return f"{field}: {reason}"
 

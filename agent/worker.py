@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -42,6 +43,15 @@ def resolve_factory(spec: str) -> Callable[[], Agent]:
     if not callable(factory):
         raise TypeError(f"worker.agent: {spec} is not callable")
     return factory  # type: ignore[no-any-return]
+
+
+def use_operator_agent(settings: AgentSettings) -> None:
+    """The operator's agent's packages (after the venv's on sys.path: the appliance's packages always win) and its
+    environment ([agent.env]), before the forkserver starts: every room process inherits both, and the worker's
+    processes are the only ones given them."""
+    if settings.worker.agent_path is not None:
+        sys.path.append(str(settings.worker.agent_path.resolve()))
+    os.environ.update(settings.agent.environ())
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -283,6 +293,7 @@ async def serve(
     multiprocessing_context: Literal["forkserver", "spawn"] = "forkserver",
 ) -> int:
     """Run the worker until SIGTERM or SIGINT; the options are build_server's (bench/worker.py's baselines)."""
+    use_operator_agent(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -17,9 +17,9 @@ def secret_values(model: BaseModel) -> list[str]:
     def walk(model: BaseModel) -> None:
         for name in type(model).model_fields:
             value = getattr(model, name)
-            if isinstance(value, SecretStr) and value.get_secret_value():
-                found.append(value.get_secret_value())
-            elif isinstance(value, BaseModel):
+            values = value.values() if isinstance(value, dict) else [value]  # [agent.env]'s secrets are a table
+            found.extend(v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value())
+            if isinstance(value, BaseModel):
                 walk(value)
 
     walk(model)

@@ -11,6 +11,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from agent.settings import CONTROL_SECTIONS, AgentSettings, PostgresSettings, SettingsError, load_settings
+from appliance.masking import secret_values
 from appliance.settings import ApplianceSettings, ControlSettings, load
 
 DEFAULT_TOML = Path(__file__).parents[2] / "config" / "appliance.toml"
@@ -175,7 +176,7 @@ def test_the_default_config_file_lists_every_setting_but_secrets() -> None:
 
 def _leaves(table: dict[str, object], prefix: str = "") -> Iterator[str]:
     for key, value in table.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:  # an empty table is a setting of its own ([agent.env])
             yield from _leaves(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"
@@ -240,3 +241,33 @@ def test_the_tls_settings_reach_the_clients() -> None:
     assert kwargs["ssl_ca_certs"] == "/ca.pem" and "ssl" not in connection_kwargs(RedisSettings(), 1.0)
     conninfo = PostgresSettings(host="pg.internal", sslmode="verify-full", sslrootcert=Path("/ca.pem")).conninfo()
     assert "sslmode=verify-full" in conninfo and "sslrootcert=/ca.pem" in conninfo
+
+
+def test_agent_env_plain_in_the_config_secret_in_the_secrets_file(tmp_path: Path) -> None:
+    write_config(tmp_path, '[agent.env]\nLLM_PROVIDER = "openai"\n')
+    write_secrets(tmp_path, f'[agent.env]\nOPENAI_API_KEY = "{SECRET}"\n')
+    agent = load().agent
+    assert agent.env == {"LLM_PROVIDER": "openai"}
+    assert agent.environ() == {"LLM_PROVIDER": "openai", "OPENAI_API_KEY": SECRET}
+    assert SECRET not in repr(agent) and SECRET not in agent.model_dump_json()
+    assert SECRET in secret_values(load())  # what status, doctor and logs mask
+
+
+@pytest.mark.parametrize(
+    ("config", "secrets", "error"),
+    [
+        ('[agent.env]\nAPPLIANCE_REDIS__PORT = "1"\n', "", "agent.env.APPLIANCE_REDIS__PORT: reserved"),
+        ('[agent.env]\nLD_PRELOAD = "x.so"\n', "", "agent.env.LD_PRELOAD: reserved"),
+        ('[agent.env]\nPYTHONPATH = "/tmp"\n', "", "agent.env.PYTHONPATH: reserved"),
+        ("", '[agent.env]\nPATH = "/tmp"\n', "agent.env.PATH: reserved"),
+        ('[agent.env]\n"A-B" = "x"\n', "", "agent.env.A-B: not an environment variable name"),
+        ('[agent.env]\nKEY = "x"\n', '[agent.env]\nKEY = "y"\n', "agent.env.KEY: set in both"),
+        ('[agent.secret_env]\nKEY = "x"\n', "", "agent.secret_env: unknown setting"),
+    ],
+)
+def test_agent_env_names_are_checked(tmp_path: Path, config: str, secrets: str, error: str) -> None:
+    write_config(tmp_path, config)
+    write_secrets(tmp_path, secrets)
+    with pytest.raises(SettingsError) as excinfo:
+        load()
+    assert len(errors_of(excinfo)) == 1 and errors_of(excinfo)[0].startswith(error), errors_of(excinfo)
