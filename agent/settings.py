@@ -155,11 +155,14 @@ class FlusherSettings(Section):
     consumer: str = ""
 
 
+FACTORY = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"  # package.module:callable
+
+
 class WorkerSettings(Section):
     """The livekit-agents worker: one process per room."""
 
     # The operator's agent: "package.module:factory", a callable returning a livekit Agent (instructions, tools).
-    agent: str = Field("agent.sample:build", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    agent: str = Field("agent.sample:build", pattern=FACTORY)
     # Where the factory's package is, when it is not in the appliance's venv: the directory `appliance agent
     # install` made for the agent's version (appended to sys.path, so the appliance's packages always win).
     agent_path: Path | None = None

@@ -23,3 +23,10 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int, owner: tuple[int, 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def rewrite(path: Path, data: str) -> None:
+    """Write an existing file anew, atomically, keeping its mode and owner (settings files: 0640 root's, secrets
+    0600 the service user's)."""
+    st = path.stat()
+    write_atomic(path, data, mode=st.st_mode & 0o777, owner=(st.st_uid, st.st_gid))

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from appliance.cli import (
+    agent,
     backup,
     capacity,
     chat,
@@ -134,6 +135,7 @@ def main(ctx: click.Context, *, verbose: bool) -> None:
     ctx.obj = App(verbose=verbose)
 
 
+main.add_command(agent.agent)
 main.add_command(backup.backup)
 main.add_command(backup.restore)
 main.add_command(capacity.capacity)
