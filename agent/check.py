@@ -19,9 +19,10 @@ from agent.worker import resolve_factory, use_operator_agent
 
 
 def shadowed(site: Path) -> list[str]:
-    """Top-level modules of the agent's directory that the venv already has: the venv's would be imported."""
-    names = {p.name.split(".")[0] if p.is_file() else p.name for p in site.iterdir()}
-    return sorted(n for n in names if n.isidentifier() and n != "bin" and importlib.util.find_spec(n) is not None)
+    """Top-level modules of the agent's directory that the venv already has: the venv's would be imported.
+    A directory without __init__.py is a namespace package's portion (livekit.plugins.*): those merge."""
+    names = {p.name.split(".")[0] for p in site.iterdir() if p.is_file() or (p / "__init__.py").exists()}
+    return sorted(n for n in names if n.isidentifier() and importlib.util.find_spec(n) is not None)
 
 
 def main() -> int:

@@ -1,9 +1,15 @@
-"""A local OpenAI-compatible server (streaming chat completions) that records what it was asked."""
+"""A local OpenAI-compatible server (streaming chat completions) that records what it was asked.
+
+Taught a ``tool_script``, it answers a user line the script recognises with a call of the tool the script names
+(when the request offers that tool), and a tool's result with a line quoting it: an agent's function tools run
+end to end, offline.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +35,8 @@ class FakeOpenAI:
         self.spoken: list[str] = []
         self.heard_audio: list[int] = []  # bytes of each audio file it was asked to transcribe
         self.transcript = "this came in as speech"
+        # A user line (as the LLM sees it, "speaker: text") to (tool name, arguments), or None for a plain answer.
+        self.tool_script: Callable[[str], tuple[str, dict[str, Any]] | None] | None = None
         self._runner = web.AppRunner(app, access_log=None)
 
     @property
@@ -57,15 +65,9 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         body = await request.json()
         self.requests.append(body)
-        last = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": ""})
-        content = last["content"] if isinstance(last["content"], str) else json.dumps(last["content"])
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for delta, finish in (
-            ({"role": "assistant", "content": f"fake-openai ({body['model']}) heard: "}, None),
-            ({"content": content}, None),
-            ({}, "stop"),
-        ):
+        for delta, finish in self._answer(body):
             chunk = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
@@ -77,6 +79,27 @@ class FakeOpenAI:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _answer(self, body: dict[str, Any]) -> list[tuple[dict[str, Any], str | None]]:
+        """The streamed deltas: a tool call the script asks for, a line quoting a tool's result, or an echo."""
+        messages = body["messages"]
+        if messages[-1]["role"] == "tool":
+            said = f"fake-openai ({body['model']}) tool {messages[-1]['tool_call_id']} said: {messages[-1]['content']}"
+            return [({"role": "assistant", "content": said}, None), ({}, "stop")]
+        last = next((m for m in reversed(messages) if m["role"] == "user"), {"content": ""})
+        content = last["content"] if isinstance(last["content"], str) else json.dumps(last["content"])
+        offered = {t["function"]["name"] for t in body.get("tools", [])}
+        scripted = self.tool_script(content) if self.tool_script else None
+        if scripted and scripted[0] in offered:
+            name, arguments = scripted
+            call = {"index": 0, "id": f"call_{len(self.requests)}", "type": "function",
+                    "function": {"name": name, "arguments": json.dumps(arguments)}}  # fmt: skip
+            return [({"role": "assistant", "tool_calls": [call]}, None), ({}, "tool_calls")]
+        return [
+            ({"role": "assistant", "content": f"fake-openai ({body['model']}) heard: "}, None),
+            ({"content": content}, None),
+            ({}, "stop"),
+        ]
 
     async def speech(self, request: web.Request) -> web.Response:
         """Half a second of a 440 Hz tone per request, as raw 16-bit 24 kHz PCM."""

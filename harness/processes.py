@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,6 +41,8 @@ def _env_value(value: Any) -> str | None:
         return None
     if isinstance(value, SecretStr):
         return value.get_secret_value()
+    if isinstance(value, dict):  # [agent.env]: pydantic-settings parses a table from JSON
+        return json.dumps({k: _env_value(v) for k, v in value.items()})
     return str(value)
 
 
