@@ -8,7 +8,6 @@ lacks; those are built or downloaded as wheels (kept, so the same agent installs
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -50,16 +49,6 @@ class Resolved:
     name: str  # the agent's distribution: the one requested (the project, the wheel, or a requirement's first)
     version: str
     packages: list[str]  # name==version of everything installed into the agent's directory
-
-
-def venv_pins() -> list[str]:
-    """Every package of the appliance's venv as name==version: the constraints an agent is resolved under."""
-    found = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions() if d.metadata["Name"]}
-    return sorted(f"{name}=={version}" for name, version in found.items())
-
-
-def pins_digest(pins: list[str]) -> str:
-    return hashlib.sha256("\n".join(pins).encode()).hexdigest()
 
 
 def resolve(source: Source, index: tuple[str, ...], pins: list[str], work: Path) -> tuple[Resolved, list[str]]:

@@ -29,7 +29,7 @@ import tomlkit
 
 from agent.settings import FACTORY, WorkerSettings
 from appliance import agent_packages as packages
-from appliance import service
+from appliance import fingerprint, service
 from appliance.errors import ApplianceError
 from appliance.files import rewrite, write_atomic
 from appliance.layout import Layout
@@ -54,7 +54,7 @@ class Installed:
     source: str
     installed_at: str
     packages: list[str]
-    pins_digest: str  # of the venv it was resolved against: an upgrade that changes the venv re-installs it
+    built_for: str  # the appliance it was resolved and checked against (fingerprint.appliance)
     directory: str
 
     @property
@@ -129,11 +129,11 @@ def install(
 
 
 def reinstall_for_upgrade(settings: ApplianceSettings, layout: Layout, progress: Progress) -> Installed | None:
-    """Install the running agent again, from its kept wheels (offline), when the venv it was resolved against
-    changed (an upgrade of the appliance). The config is switched, the worker not restarted: the upgrade does that.
-    Returns the new version's record, or None when nothing needed doing."""
+    """Install the running agent again, from its kept wheels (offline), when the appliance it was resolved and
+    checked against changed (an upgrade: new code, or new packages). The config is switched, the worker not
+    restarted: the upgrade does that. Returns the new version's record, or None when nothing needed doing."""
     now = running(settings).installed
-    if now is None or now.pins_digest == packages.pins_digest(packages.venv_pins()):
+    if now is None or now.built_for == fingerprint.appliance():
         return None
     wheels = Path(now.directory) / "wheels"
     source = packages.Source(now.source, tuple(sorted(str(w) for w in wheels.glob("*.whl"))))
@@ -178,7 +178,7 @@ def _build(
     progress: Progress,
 ) -> Installed:
     root = agents_dir(layout)
-    pins = packages.venv_pins()
+    pins = fingerprint.venv_pins()
     work = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
     try:
         work.chmod(0o755)  # the check runs as the service user
@@ -203,7 +203,7 @@ def _build(
             source=source.text,
             installed_at=datetime.now(UTC).isoformat(timespec="seconds"),
             packages=resolved.packages,
-            pins_digest=packages.pins_digest(pins),
+            built_for=fingerprint.appliance(),
             directory=str(final),
         )
         record = {k: v for k, v in asdict(installed).items() if k != "directory"}

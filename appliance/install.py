@@ -23,8 +23,8 @@ from typing import Any
 
 import tomlkit
 
-from agent.settings import load_settings
-from appliance import host, service, systemd
+from agent.settings import SettingsError, load_settings
+from appliance import agents, fingerprint, host, service, systemd
 from appliance import programs as registry
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
@@ -83,6 +83,7 @@ class Prepared:
 
 
 def install(options: InstallOptions, report: Report) -> Outcome:
+    _agent_for_this_appliance(options, report)
     box = prepare(options, report)
     settings, layout = box.settings, box.layout
     outcome = Outcome(settings, layout)
@@ -97,6 +98,27 @@ def install(options: InstallOptions, report: Report) -> Outcome:
     _wait_healthy(settings, layout, report)
     write_state(box)
     return outcome
+
+
+def _agent_for_this_appliance(options: InstallOptions, report: Report) -> None:
+    """On an upgrade, the operator's agent is installed again for the new appliance (from its kept wheels, and
+    checked) before the worker restarts onto it; a box that runs the sample has nothing to do."""
+    if not options.config_file.exists():
+        return
+    try:
+        settings = load_settings(ApplianceSettings, config_file=options.config_file)
+    except SettingsError:
+        return  # prepare() says what is wrong
+    layout = Layout.of(settings, options.config_file)
+    try:
+        again = agents.reinstall_for_upgrade(settings, layout, progress=lambda _: None)
+    except ApplianceError as exc:
+        raise ApplianceError(
+            f"agent: {exc} (the worker still runs the agent as installed before the upgrade: `appliance agent"
+            " install` a version that fits this appliance, or `appliance agent remove`, then install again)"
+        ) from None
+    if again is not None:
+        report("changed", f"agent {again.name} {again.version} (installed again for this appliance, from its wheels)")
 
 
 def prepare(options: InstallOptions, report: Report) -> Prepared:
@@ -131,7 +153,7 @@ def prepare(options: InstallOptions, report: Report) -> Prepared:
         _ensure_cluster(settings, layout, user, report)
     previous = _read_state(layout)
     sections = _section_hashes(settings)
-    code = _code_fingerprint()
+    code = fingerprint.code()
     for section, digest in sections.items():
         if previous.get("sections", {}).get(section) != digest:
             changed |= registry.readers(section)
@@ -499,21 +521,6 @@ def _reveal(value: Any) -> Any:
         return {k: _reveal(v) for k, v in value.items()}
     get = getattr(value, "get_secret_value", None)
     return get() if callable(get) else value
-
-
-def _code_fingerprint() -> str:
-    """The installed agent and appliance code: a new checkout (an upgrade) restarts the programs running it."""
-    import agent
-    import appliance
-
-    digest = hashlib.sha256()
-    for package in (agent, appliance):
-        root = Path(next(iter(package.__path__)))
-        for path in sorted(root.rglob("*")):
-            if path.is_file() and path.suffix in {".py", ".sql", ".lua"}:
-                digest.update(str(path.relative_to(root.parent)).encode())
-                digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def _read_state(layout: Layout) -> dict[str, Any]:

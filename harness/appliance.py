@@ -28,6 +28,8 @@ from harness.servers import free_port
 
 REPO = Path(__file__).parents[1]
 SERVICE_VENV = Path(os.environ.get("APPLIANCE_SERVICE_VENV", "/var/tmp/appliance-test-venv"))
+# The example agents' wheels beyond the appliance's (harness/wheelhouse.txt), downloaded by scripts/test.
+WHEELHOUSE = Path(os.environ.get("APPLIANCE_WHEELHOUSE", "/var/tmp/appliance-test-wheelhouse"))
 _venv_ready = False
 
 
@@ -126,14 +128,17 @@ loopback_only = true
     def install(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("install", "--yes", "--livekit-server-bin", str(binary()), *args, check=check, timeout=400)
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        """The CLI as an operator runs it."""
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The CLI as an operator runs it; ``stdin``: what it reads (a secret's value)."""
         result = subprocess.run(
             [str(service_venv() / "bin" / "appliance"), *args],
             env=self.env,
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=stdin,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"appliance {' '.join(args)} exited {result.returncode}:\n{result.stderr}")

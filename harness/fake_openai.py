@@ -7,9 +7,12 @@ end to end, offline.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -120,3 +123,19 @@ class FakeOpenAI:
         audio: Any = form["file"]
         self.heard_audio.append(len(audio.file.read()))
         return web.json_response({"text": self.transcript})
+
+
+@contextlib.contextmanager
+def in_thread(api_key: str) -> Iterator[FakeOpenAI]:
+    """The server on an event loop of its own, for tests that block (the CLI run as a subprocess) while it serves."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-openai", daemon=True)
+    thread.start()
+    fake = asyncio.run_coroutine_threadsafe(FakeOpenAI(api_key).start(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
