@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -195,7 +195,8 @@ def _build(
             )
         _check_spec(spec)
         _check(settings, layout, spec, work / "site", progress)
-        final = root / f"{resolved.name}-{resolved.version}-{_digest(work / 'wheels')[:10]}"
+        # A name of its own, even for the same wheels again: the running worker may import from the one before.
+        final = root / f"{resolved.name}-{resolved.version}-{secrets.token_hex(4)}"
         installed = Installed(
             name=resolved.name,
             version=resolved.version,
@@ -208,8 +209,6 @@ def _build(
         )
         record = {k: v for k, v in asdict(installed).items() if k != "directory"}
         write_atomic(work / MANIFEST, json.dumps(record, indent=2) + "\n", mode=0o644)
-        if final.exists():  # the same wheels installed before: that directory is this version
-            shutil.rmtree(final)
         work.rename(final)
         return installed
     finally:
@@ -243,14 +242,6 @@ def _check(settings: ApplianceSettings, layout: Layout, spec: str, site: Path, p
 def _check_spec(spec: str) -> None:
     if not re.match(FACTORY, spec):
         raise ApplianceError(f"--factory {spec}: not package.module:callable")
-
-
-def _digest(wheels: Path) -> str:
-    digest = hashlib.sha256()
-    for wheel in sorted(wheels.glob("*.whl")):
-        digest.update(wheel.name.encode())
-        digest.update(hashlib.sha256(wheel.read_bytes()).digest())
-    return digest.hexdigest()
 
 
 # --- switching ------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from harness.livekit import binary, free_udp_port
 from harness.servers import free_port
 
 REPO = Path(__file__).parents[1]
+EXAMPLES = REPO / "examples"  # the example agent projects
 SERVICE_VENV = Path(os.environ.get("APPLIANCE_SERVICE_VENV", "/var/tmp/appliance-test-venv"))
 # The example agents' wheels beyond the appliance's (harness/wheelhouse.txt), downloaded by scripts/test.
 WHEELHOUSE = Path(os.environ.get("APPLIANCE_WHEELHOUSE", "/var/tmp/appliance-test-wheelhouse"))

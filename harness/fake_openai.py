@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from harness.servers import free_port
+
+
+def order_questions(line: str) -> tuple[str, dict[str, Any]] | None:
+    """A tool_script for examples/order-desk: "alice: where is order A-1001?" calls lookup_order for alice."""
+    found = re.match(r"(\w+): .*order ([A-Z]-\d+)", line)
+    return ("lookup_order", {"order_id": found[2], "customer": found[1]}) if found else None
 
 
 class FakeOpenAI:

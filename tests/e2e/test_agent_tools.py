@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,24 +20,19 @@ from agent.settings import AgentSettings, ModelSettings
 from agent.store.keys import Keys
 from agent.store.records import Message
 from appliance.chatclient import ChatClient
-from harness.fake_openai import FakeOpenAI
+from harness.appliance import EXAMPLES
+from harness.fake_openai import FakeOpenAI, order_questions
 from harness.processes import WorkerProcess
 from harness.servers import wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
-ORDER_DESK = Path(__file__).parents[2] / "examples" / "order-desk"
-
-
-def ask_about_orders(line: str) -> tuple[str, dict[str, Any]] | None:
-    """The fake model's script: "alice: where is order A-1001?" calls lookup_order for alice."""
-    found = re.match(r"(\w+): .*order ([A-Z]-\d+)", line)
-    return ("lookup_order", {"order_id": found[2], "customer": found[1]}) if found else None
+ORDER_DESK = EXAMPLES / "order-desk"
 
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeOpenAI]:
     server = await FakeOpenAI(api_key="sk-orders").start()
-    server.tool_script = ask_about_orders
+    server.tool_script = order_questions
     yield server
     await server.aclose()
 

@@ -17,25 +17,18 @@ import psutil
 import pytest
 
 from appliance.service import running_worker
-from harness.appliance import WHEELHOUSE, InstalledAppliance
-from harness.fake_openai import FakeOpenAI, in_thread
+from harness.appliance import EXAMPLES, WHEELHOUSE, InstalledAppliance
+from harness.fake_openai import FakeOpenAI, in_thread, order_questions
 from tests.system.conftest import Join
 
-EXAMPLES = Path(__file__).parents[2] / "examples"
 AGENT_KEY = "sk-agent-env-9f3a7c-never-shown"
-
-
-def ask_about_orders(line: str) -> tuple[str, dict[str, Any]] | None:
-    """The fake model's script: "alice: where is order A-1001?" calls lookup_order for alice."""
-    found = re.match(r"(\w+): .*order ([A-Z]-\d+)", line)
-    return ("lookup_order", {"order_id": found[2], "customer": found[1]}) if found else None
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeOpenAI]:
     """The box's own LLM ([models]), which the order desk uses."""
     with in_thread("sk-box-models") as server:
-        server.tool_script = ask_about_orders
+        server.tool_script = order_questions
         yield server
 
 

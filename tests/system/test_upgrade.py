@@ -3,6 +3,7 @@ worker gracefully; a conversation open across the upgrade loses nothing."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import psycopg
 
-from harness.appliance import REPO, InstalledAppliance, install_code
+from harness.appliance import EXAMPLES, REPO, WHEELHOUSE, InstalledAppliance, install_code
+from harness.fake_openai import in_thread, order_questions
 from tests.system.conftest import Join
 
 MIGRATION = "900_upgrade_probe.sql"  # numbered past every real migration
@@ -63,3 +65,37 @@ async def test_upgrade_applies_the_migration_and_restarts_the_worker_gracefully(
     await alice.send("after the upgrade")
     answer = await alice.reply_containing("alice: after the upgrade")
     assert held(answer) == 5, answer
+
+
+async def test_the_operators_agent_survives_an_upgrade(
+    new_appliance: Callable[..., InstalledAppliance], join: Join, tmp_path: Path
+) -> None:
+    """Installed again for the new appliance from its kept wheels (offline), checked, and still the one running."""
+    with in_thread("sk-upgrade-models") as fake:
+        fake.tool_script = order_questions
+        installed = new_appliance(
+            extra=f'[models]\nllm = "openai"\nopenai_base_url = "{fake.base_url}"\nopenai_model = "up-1"\n'
+        )
+        secrets = installed.etc / "secrets.toml"
+        secrets.write_text(f'[models]\nopenai_api_key = "{fake.api_key}"\n')
+        secrets.chmod(0o600)
+        installed.install()
+        installed.run("agent", "install", str(EXAMPLES / "order-desk"), "--no-index", "--find-links", str(WHEELHOUSE),
+                      timeout=600)  # fmt: skip
+        before = json.loads(installed.run("agent", "status", "--json").stdout)["agent"]
+        assert "installed again" not in installed.install().stderr  # the same appliance again: nothing to do
+        install_code(newer_checkout(tmp_path))
+        try:
+            result = installed.install()
+        finally:
+            install_code(REPO)
+        assert "agent order-desk 1.0.0 (installed again for this appliance, from its wheels)" in result.stderr
+        status = json.loads(installed.run("agent", "status", "--json").stdout)
+        after = status["agent"]
+        assert (after["name"], after["version"], after["factory"]) == ("order-desk", "1.0.0", "order_desk.agent:build")
+        assert after["directory"] != before["directory"] and after["built_for"] != before["built_for"]
+        assert status["previous"]["directory"] == before["directory"]  # a rollback goes back to it
+        alice = await join(installed, "after-upgrade", "alice")
+        await alice.greeting()
+        await alice.send("where is my order A-1001?")
+        assert "Order A-1001 for alice" in await alice.reply_containing("said:", 30)

@@ -34,7 +34,7 @@ def test_a_call_and_its_output_come_back_as_they_were_stored() -> None:
 
 
 def test_a_window_that_starts_at_an_output_drops_it() -> None:
-    call, out = tool_pair("call_1")
+    _, out = tool_pair("call_1")
     items = restore([out, message("assistant", "it shipped"), *tool_pair("call_2")])
     assert kinds(items) == ["assistant", "function_call", "function_call_output"]
     assert {i.call_id for i in items if isinstance(i, llm.FunctionCall)} == {"call_2"}
