@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 from appliance.service import running_worker
-from harness.appliance import EXAMPLES, WHEELHOUSE, InstalledAppliance
+from harness.appliance import EXAMPLES, REPO, WHEELHOUSE, InstalledAppliance
 from harness.fake_openai import FakeOpenAI, in_thread, order_questions
 from tests.system.conftest import Join
 
@@ -234,3 +235,28 @@ async def test_rollback_and_remove(box: InstalledAppliance, join: Join) -> None:
     assert "the sample agent runs already" in box.run("agent", "remove", check=False).stderr
     box.run("agent", "rollback")
     assert agent_status(box)["agent"]["name"] == "order-desk"
+
+
+def test_the_readmes_deploy_your_agent_block_as_written(
+    box: InstalledAppliance, fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """README, "Deploy your agent": its commands in a shell, on this box (pip offline through its environment)."""
+    section = (REPO / "README.md").read_text().split("## Deploy your agent", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    preamble = (
+        "set -euo pipefail\n"
+        'sudo() { "$@"; }\n'  # the tests run as root
+        f'export PATH="{box.venv / "bin"}:$PATH" PIP_NO_INDEX=1 PIP_FIND_LINKS="{WHEELHOUSE}"\n'
+    )
+    env = box.env | {"HOME": str(tmp_path)}
+    done = subprocess.run(["bash", "-c", preamble + block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not [line for line in done.stderr.splitlines() if line.startswith("error")], done.stderr
+    assert re.search(
+        r"installed my-agent 0\.1\.0 \(my_agent\.agent:build\) in \S+/agents/my-agent-0\.1\.0-", done.stderr
+    )
+    assert 'name = "my-agent"' in done.stdout and 'factory = "my_agent.agent:build"' in done.stdout
+    assert "heard: " in done.stdout and "hello, are you open on Sunday?" in done.stdout, done.stdout
+    tools = [t["function"]["name"] for t in fake.requests[-1].get("tools", [])]
+    assert tools == ["opening_hours"]  # the new agent's tool reached the model
