@@ -77,6 +77,11 @@ class Running:
     factory: str
     installed: Installed | None
 
+    def summary(self) -> str:
+        if self.installed is None:
+            return "sample (agent.sample:build)" if self.factory == SAMPLE else self.factory
+        return f"{self.installed.name} {self.installed.version} ({self.factory})"
+
     def describe(self) -> dict[str, Any]:
         if self.installed is None:
             source = "the sample the appliance ships" if self.factory == SAMPLE else "the appliance's venv"

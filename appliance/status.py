@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from appliance import agents, recorded
 from appliance import events as events_mod
-from appliance import recorded
 from appliance.masking import mask, secret_values
 from appliance.probes import (
     DEADLINE_S,
@@ -87,6 +87,7 @@ class Report(BaseModel):
     postgres: Postgres
     flusher: Flusher
     livekit: LiveKit | None = None  # None: not probed (supervisord down)
+    agent: str = ""  # what the worker runs: "name version (factory)" (`appliance agent status` says more)
     # Count and quantiles (seconds) of each of recorded.LATENCIES, since each recording program started; empty
     # while [metrics] is off (nothing is recorded then).
     latency: dict[str, dict[str, float | None]] = {}
@@ -289,6 +290,7 @@ def collect(settings: ApplianceSettings, layout: Layout, figures: list[Metric] |
         postgres=postgres,
         flusher=flusher,
         livekit=livekit,
+        agent=agents.running(settings).summary(),
         latency=recorded.latencies(
             recorded.read(recorded.directories(settings, layout)) if figures is None else figures
         ),

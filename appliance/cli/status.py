@@ -132,6 +132,8 @@ def human(report: Report) -> list[str]:
         lines.append(
             f"livekit:  up at {lk.url} ({lk.latency_ms} ms)" if lk.ok else f"livekit:  DOWN at {lk.url}: {lk.error}"
         )
+    if report.agent:
+        lines.append(f"agent:    {report.agent}")
     lines += _latency_lines(report.latency)
     return lines
 

@@ -78,6 +78,8 @@ async def test_the_order_desk_installs_and_its_tool_answers_each_speaker(box: In
     assert (agent["name"], agent["version"], agent["factory"]) == ("order-desk", "1.0.0", "order_desk.agent:build")
     assert agent["source"] == str(EXAMPLES / "order-desk") and agent["installed_at"]
     assert previous["name"] == "sample"
+    shown = box.run("status", check=False).stdout
+    assert "agent:    order-desk 1.0.0 (order_desk.agent:build)" in shown.splitlines(), shown
     assert box.settings.worker.agent_path == Path(agent["directory"]) / "site"
     # Its wheels are kept, to install it again offline.
     assert {p.name.split("-")[0] for p in (Path(agent["directory"]) / "wheels").glob("*.whl")} == {"order_desk"}
