@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.appliance import WHEELHOUSE
 from harness.chroot import FreshRoot
 from harness.freshroot import (
     APPLIANCE,
     OURS,
+    SOURCE,
     DebianInstances,
     assert_state,
     debian_instances,
@@ -124,6 +126,32 @@ def test_second_install_sh_changes_nothing(fresh: Fresh) -> None:
     assert outcomes <= {"ok", "unchanged", "healthy"}, output
     assert {p.pid for p in root.processes()} == before, "a re-run restarted something"
     assert_state(root, fresh.state)
+
+
+def test_the_example_agent_on_the_fresh_appliance(fresh: Fresh) -> None:
+    """README, "Deploy your agent": examples/order-desk installed (offline, from the tests' wheelhouse) on the fresh
+    box, greeting in a new room; then removed, back to the sample."""
+    root = installed(fresh)
+    for wheel in WHEELHOUSE.glob("*.whl"):
+        root.copy_in(wheel, f"/root/wheelhouse/{wheel.name}")
+    started = time.monotonic()
+    done = root.run([APPLIANCE, "agent", "install", f"{SOURCE}/examples/order-desk", "--no-index", "--find-links",
+                     "/root/wheelhouse"], timeout=600)  # fmt: skip
+    installed_in = time.monotonic() - started
+    print(done.stderr)
+    assert done.returncode == 0, explain(done)
+    assert "error" not in done.stderr.lower(), done.stderr
+    (root.path / "root/empty.txt").write_text("")
+    chat = root.run([APPLIANCE, "chat", "new-agent-room", "--identity", "dana", "--script", "/root/empty.txt"])
+    greeted = time.monotonic() - started
+    assert chat.returncode == 0 and chat.stdout.startswith("agent: Hello!"), explain(chat)
+    TIMINGS.append(("appliance agent install examples/order-desk (offline)", installed_in))
+    TIMINGS.append(("agent install to its first greeting (appliance chat in a new room, its start included)", greeted))
+    status = root.run([APPLIANCE, "status"])
+    print(status.stdout)
+    assert status.returncode == 0 and "agent:    order-desk 1.0.0 (order_desk.agent:build)" in status.stdout
+    removed = root.run([APPLIANCE, "agent", "remove"], timeout=300)
+    assert removed.returncode == 0, explain(removed)
 
 
 def test_uninstall_keeps_the_data_for_a_reinstall(fresh: Fresh) -> None:
