@@ -42,6 +42,8 @@ def set_value(settings: ApplianceSettings, layout: Layout, name: str, value: str
         where = "appliance.toml" if secret else "secrets.toml"
         raise ApplianceError(f"agent.env.{name}: already set in {where}; `appliance agent env unset {name}` first")
     path = layout.secrets_file if secret else layout.config_file
+    if not path.exists():
+        raise ApplianceError(f"{path}: not found: install the appliance first (install.sh)")
     doc = _read(path)
     agent = doc.setdefault("agent", tomlkit.table())
     env = agent.setdefault("env", tomlkit.table())
@@ -62,4 +64,4 @@ def unset(settings: ApplianceSettings, layout: Layout, name: str) -> None:
 
 
 def _read(path: Path) -> tomlkit.TOMLDocument:
-    return tomlkit.parse(path.read_text()) if path.exists() else tomlkit.document()
+    return tomlkit.parse(path.read_text())

@@ -199,6 +199,7 @@ def _build(
                 f' ([project.entry-points."{packages.ENTRY_POINT_GROUP}"] agent = "package.module:callable")'
             )
         _check_spec(spec)
+        _readable(work)
         _check(settings, layout, spec, work / "site", progress)
         # A name of its own, even for the same wheels again: the running worker may import from the one before.
         final = root / f"{resolved.name}-{resolved.version}-{secrets.token_hex(4)}"
@@ -244,6 +245,14 @@ def _check(settings: ApplianceSettings, layout: Layout, spec: str, site: Path, p
         raise ApplianceError(f"{spec}: the check failed: {lines[-1] if lines else 'no output'}; nothing changed")
 
 
+def _readable(tree: Path) -> None:
+    """Everything readable by the worker's user (root's umask may be 077), nothing writable by it."""
+    for path in [tree, *tree.rglob("*")]:
+        mode = path.lstat().st_mode
+        if not path.is_symlink():
+            path.chmod((mode | 0o444 | (0o111 if path.is_dir() or mode & 0o100 else 0)) & ~0o022)
+
+
 def _check_spec(spec: str) -> None:
     if not re.match(FACTORY, spec):
         raise ApplianceError(f"--factory {spec}: not package.module:callable")
@@ -264,6 +273,8 @@ def _switch(
     """Point the worker at ``spec`` (from ``site``) with one atomic write of appliance.toml, then restart the
     worker gracefully; if it does not come up, the config and the worker are put back."""
     config = layout.config_file
+    if not config.exists():
+        raise ApplianceError(f"{config}: not found: install the appliance first (install.sh)")
     before = config.read_text()
     doc = tomlkit.parse(before)
     worker = doc.setdefault("worker", tomlkit.table())
