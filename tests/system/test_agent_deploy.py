@@ -262,3 +262,26 @@ def test_the_readmes_deploy_your_agent_block_as_written(
     assert "heard: " in done.stdout and "hello, are you open on Sunday?" in done.stdout, done.stdout
     tools = [t["function"]["name"] for t in fake.requests[-1].get("tools", [])]
     assert tools == ["opening_hours"]  # the new agent's tool reached the model
+
+
+def test_a_wheel_and_a_requirements_file_install_too(box: InstalledAppliance, tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run([str(box.venv / "bin" / "python"), "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                    "--find-links", str(WHEELHOUSE), "-w", str(wheels), str(EXAMPLES / "order-desk")],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = wheels.glob("order_desk-1.0.0-*.whl")
+    install_agent(box, wheel)
+    agent = agent_status(box)["agent"]
+    assert (agent["name"], agent["source"], agent["factory"]) == ("order-desk", str(wheel), "order_desk.agent:build")
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("order-desk==1.0.0\n")
+    box.run("agent", "install", str(requirements), "--no-index", "--find-links", str(wheels), "--factory",
+            "order_desk.agent:OrderDesk", timeout=600)  # fmt: skip
+    agent = agent_status(box)["agent"]
+    assert (agent["name"], agent["source"], agent["factory"]) == (
+        "order-desk", str(requirements), "order_desk.agent:OrderDesk"
+    )  # fmt: skip
+    assert box.settings.worker.agent == "order_desk.agent:OrderDesk"
+    bad = box.run("agent", "install", str(requirements), "--factory", "not a factory", check=False)
+    assert bad.returncode == 1 and "error: --factory not a factory: not package.module:callable" in bad.stderr
