@@ -76,7 +76,7 @@ _WORKER = Program(
     "worker",
     50,
     "always",
-    reads=_STORE_READER | {"worker", "models", "livekit"},
+    reads=_STORE_READER | {"worker", "models", "livekit", "agent"},
     worker=True,
     writes_store=True,
     ours=True,
