@@ -42,6 +42,8 @@ Options (passed through to `appliance install`, which checks their values):
                                a file holding its API secret, '-' for standard input (with --livekit-url;
                                one trailing newline is dropped); never on the command line
   --livekit-server-bin PATH    the livekit-server binary to bundle (else: the installed one, or built with Go)
+  --livekit-client-tgz PATH    livekit-client's npm tarball for the web console (else: downloaded from the npm
+                               registry); either way checked against config/livekit-client.lock
   --node-ip IP                 the address clients reach the bundled LiveKit at
   --domain NAME                the public name clients use (TLS terminated in front, see README)
   --yes                        do not ask; install non-interactively
@@ -71,12 +73,12 @@ parse_options() {
             -h | --help) usage; exit 0 ;;
             --yes) yes=1; handover+=(--yes); shift; continue ;;
             --role=* | --livekit-url=* | --livekit-api-key=* | --livekit-api-secret-file=* | --livekit-server-bin=* | \
-                --node-ip=* | --domain=* | --redis-url=* | --redis-password-file=* | --redis-ca-file=* | \
-                --postgres-dsn=* | --postgres-password-file=*)
+                --livekit-client-tgz=* | --node-ip=* | --domain=* | --redis-url=* | --redis-password-file=* | \
+                --redis-ca-file=* | --postgres-dsn=* | --postgres-password-file=*)
                 value=${opt#*=} opt=${opt%%=*} ;;
             --role | --livekit-url | --livekit-api-key | --livekit-api-secret-file | --livekit-server-bin | \
-                --node-ip | --domain | --redis-url | --redis-password-file | --redis-ca-file | --postgres-dsn | \
-                --postgres-password-file)
+                --livekit-client-tgz | --node-ip | --domain | --redis-url | --redis-password-file | --redis-ca-file | \
+                --postgres-dsn | --postgres-password-file)
                 (($# >= 2)) || die "$opt needs a value (see ./install.sh --help)"
                 value=$2
                 shift ;;

@@ -94,6 +94,10 @@ class RoomSession:
             ),
             record=False,
         )
+        # Front ends (the console) tell people whether the agent carries on a conversation or starts one.
+        await room.local_participant.set_attributes(
+            {"appliance.resumed": "true" if self.conv.resumed_from else "false"}
+        )
         greeting = self.settings.worker.resume_greeting if self.conv.resumed_from else self.settings.worker.greeting
         _time_to(self.session.say(greeting), metrics.room().greeting, started)
         metrics.room().participants.set(len(self._humans()))

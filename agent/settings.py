@@ -25,7 +25,7 @@ from agent.store.acl import AclUser
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.toml")
 SECRETS_NAME = "secrets.toml"
 # The control plane keeps its own settings under these tables; the data plane leaves them alone.
-CONTROL_SECTIONS = ("control", "livekit_server", "metrics")
+CONTROL_SECTIONS = ("control", "livekit_server", "metrics", "console")
 
 
 class Section(BaseModel):
@@ -366,6 +366,9 @@ def load_settings(model: type[S], *, config_file: Path | None = None, secrets_fi
         if path in secret_fields
     ]
     secrets = _read_secrets(sec_file, required=secrets_file is not None or "APPLIANCE_SECRETS" in environ)
+    for section in CONTROL_SECTIONS:  # the control plane's secrets (console.secret_key, metrics.token) too
+        if section not in model.model_fields:
+            secrets.pop(section, None)
     errors += _agent_env_in_place(values, secrets)
     known = {path for path, _ in _fields(model)}
     errors += [

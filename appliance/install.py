@@ -24,7 +24,7 @@ from typing import Any
 import tomlkit
 
 from agent.settings import SettingsError, load_settings
-from appliance import agents, fingerprint, host, service, systemd
+from appliance import agents, console_assets, fingerprint, host, service, systemd
 from appliance import programs as registry
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
@@ -55,6 +55,7 @@ class InstallOptions:
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
     livekit_server_bin: Path | None = None
+    livekit_client_tgz: Path | None = None  # livekit-client's npm tarball, for an install without the registry
     node_ip: str | None = None
     domain: str | None = None
     # From install.sh: also set up the box (Debian packages and services, the state file, the command, the
@@ -143,6 +144,7 @@ def prepare(options: InstallOptions, report: Report) -> Prepared:
            report=report, keep=True)  # fmt: skip
     if lk_source is not None:
         _ensure_livekit_binary(lk_source, settings.livekit_server.bin, report)
+    console_assets.ensure(settings, options.livekit_client_tgz, report)
     changed: set[str] = set()
     for config in render_all(settings, layout):
         if _write_config(config, user, report):
@@ -231,6 +233,7 @@ def _candidate_secrets(options: InstallOptions, config_text: str) -> str:
     if bundled:
         ensure("livekit", "api_key", "API" + secrets.token_hex(6))
         ensure("livekit", "api_secret", secrets.token_urlsafe(32))
+    ensure("console", "secret_key", secrets.token_urlsafe(32))  # signs the console's sessions and links
     return tomlkit.dumps(doc)
 
 

@@ -32,8 +32,8 @@ class Program:
     # The two workers of a graceful restart are one service.
     service: str
     priority: int  # supervisord starts programs in ascending priority and stops them in reverse
-    # Every box, own stores, bundled LiveKit, [metrics] on, [metrics] prometheus on.
-    runs: Literal["always", "stores", "livekit", "metrics", "prometheus"]
+    # Every box, own stores, bundled LiveKit, [metrics] on, [metrics] prometheus on, the console (role all, on).
+    runs: Literal["always", "stores", "livekit", "metrics", "prometheus", "console"]
     reads: frozenset[str] = frozenset()  # settings sections whose change restarts it (its rendered files aside)
     worker: bool = False  # one of the two workers a graceful restart alternates between
     writes_store: bool = False  # writes conversations: stopped for a restore, first
@@ -63,6 +63,8 @@ class Program:
             return settings.metrics.enabled
         if self.runs == "prometheus":
             return settings.metrics.enabled and settings.metrics.prometheus
+        if self.runs == "console":  # the box's front door: on the box of role "all"
+            return settings.control.role == "all" and settings.console.enabled
         return True
 
     def port(self, purpose: str, settings: ApplianceSettings) -> int:
@@ -140,6 +142,17 @@ PROGRAMS: tuple[Program, ...] = (
         ports=(Port("metrics.prometheus_port"),),
         prefix_levels=True,
         stopwaitsecs=60,
+    ),
+    # The web console: a page and a token endpoint; it mints LiveKit tokens with the API key and secret.
+    Program(
+        "console",
+        "console",
+        37,
+        "console",
+        reads=frozenset({"console", "livekit", "control"}),
+        ours=True,
+        ports=(Port("console.port"),),
+        stopwaitsecs=10,
     ),
     # TERM: the flusher writes what it has read, acknowledges it and exits.
     Program(

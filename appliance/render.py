@@ -89,6 +89,7 @@ def _command(name: str, settings: ApplianceSettings, layout: Layout) -> str:
         "livekit": lambda: f"{settings.livekit_server.bin} --config {layout.livekit_conf}",
         "metrics": lambda: f"{python} -m appliance.metrics",
         "prometheus": lambda: _prometheus_command(settings, layout),
+        "console": lambda: f"{python} -m appliance.console",
         "flusher": lambda: f"{python} -m agent.flusher",
         "worker": lambda: f"{python} -m agent.worker",
         "worker-alt": lambda: f"{python} -m agent.worker",

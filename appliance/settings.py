@@ -8,7 +8,7 @@ from typing import Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from agent.settings import AgentSettings, Section, load_settings
+from agent.settings import AgentSettings, Section, load_settings, no_credentials
 
 
 class ControlSettings(Section):
@@ -89,12 +89,47 @@ class LiveKitServerSettings(Section):
         return value
 
 
+class ConsoleSettings(Section):
+    """The web console (the program "console"): a page to talk to the agent by text and voice, from a browser."""
+
+    enabled: bool = True
+    # Loopback by default; another address (or a TLS proxy in front, see README) lets others in, each with the
+    # operator's password (console.password_hash, `appliance console passwd`) or a link (`appliance console link`).
+    bind: str = "127.0.0.1"
+    port: int = Field(8090, ge=1, le=65535)
+    # The LiveKit URL the browser connects to; empty: livekit.url (right on the box itself; behind a TLS proxy,
+    # the public wss:// URL).
+    livekit_url: str = ""
+    # The console's address as browsers reach it, for the links `appliance console link` prints; empty:
+    # http://<bind>:<port>.
+    public_url: str = ""
+    session_ttl_s: int = Field(43_200, ge=60)  # how long a login (or a used link) lasts
+    link_ttl_s: int = Field(900, ge=10)  # how long an unused link stays valid, unless `console link --ttl` says
+    token_ttl_s: int = Field(600, ge=10)  # the LiveKit join tokens the page gets
+    # Where install puts livekit-client's browser bundle (checked against config/livekit-client.lock).
+    assets_dir: Path = Path("/opt/appliance/console")
+    password_hash: SecretStr | None = None  # scrypt, from `appliance console passwd`; None: links only
+    secret_key: SecretStr | None = None  # signs sessions and links; made by install
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("livekit_url", "public_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return no_credentials(value, "console.password_hash")
+
+
 class ApplianceSettings(AgentSettings):
     """Everything the control plane reads: the data plane's sections, validated too, and its own."""
 
     control: ControlSettings = ControlSettings()
     livekit_server: LiveKitServerSettings = LiveKitServerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
     @model_validator(mode="after")
     def _bundled_livekit_is_for_role_all(self) -> Self:

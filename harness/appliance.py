@@ -31,6 +31,11 @@ EXAMPLES = REPO / "examples"  # the example agent projects
 SERVICE_VENV = Path(os.environ.get("APPLIANCE_SERVICE_VENV", "/var/tmp/appliance-test-venv"))
 # The example agents' wheels beyond the appliance's (harness/wheelhouse.txt), downloaded by scripts/test.
 WHEELHOUSE = Path(os.environ.get("APPLIANCE_WHEELHOUSE", "/var/tmp/appliance-test-wheelhouse"))
+# livekit-client's npm tarball for the console (config/livekit-client.lock), downloaded by scripts/test: every
+# install the tests make passes it (--livekit-client-tgz), offline.
+LIVEKIT_CLIENT_TGZ = Path(os.environ.get("APPLIANCE_TEST_DOWNLOADS", "/var/tmp/appliance-test-downloads")) / (
+    "livekit-client.tgz"
+)
 _venv_ready = False
 
 
@@ -98,6 +103,9 @@ health_port = {free_port()}
 prometheus = true
 prometheus_port = {free_port()}
 scrape_interval_s = 1
+[console]
+port = {free_port()}
+assets_dir = "{p}/opt/appliance/console"
 [livekit_server]
 bin = "{p}/opt/appliance/bin/livekit-server"
 port = {free_port()}
@@ -127,7 +135,8 @@ loopback_only = true
         self.config_file.write_text(text + f'[livekit]\nurl = "ws://127.0.0.1:{port}"\n')
 
     def install(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run("install", "--yes", "--livekit-server-bin", str(binary()), *args, check=check, timeout=400)
+        return self.run("install", "--yes", "--livekit-server-bin", str(binary()), "--livekit-client-tgz",
+                        str(LIVEKIT_CLIENT_TGZ), *args, check=check, timeout=400)  # fmt: skip
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 120, stdin: str | None = None
@@ -161,12 +170,14 @@ loopback_only = true
         settings = self.settings
         key, secret = settings.livekit.api_key, settings.livekit.api_secret
         assert key is not None and secret is not None
-        # The loopback-only LiveKit tells clients of a STUN server on a loopback port nobody serves.
-        stun = rtc.IceServer(urls=[f"stun:127.0.0.1:{settings.livekit_server.rtc_udp_port + 1}"])
-        options = rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_servers=[stun]), connect_timeout=10)
         grants = VideoGrants(room_join=True, room=room)
         token = AccessToken(key.get_secret_value(), secret.get_secret_value()).with_identity(identity)
-        return ChatClient(settings.livekit.url, token.with_grants(grants).to_jwt(), options)
+        return ChatClient(settings.livekit.url, token.with_grants(grants).to_jwt(), self.room_options())
+
+    def room_options(self) -> rtc.RoomOptions:
+        """The loopback-only LiveKit tells clients of a STUN server on a loopback port nobody serves."""
+        stun = rtc.IceServer(urls=[f"stun:127.0.0.1:{self.settings.livekit_server.rtc_udp_port + 1}"])
+        return rtc.RoomOptions(rtc_config=rtc.RtcConfiguration(ice_servers=[stun]), connect_timeout=10)
 
     def pid(self, program: str) -> int:
         return self.supervisor().process(program).pid

@@ -17,6 +17,7 @@ import pytest
 from appliance.host import PROMETHEUS_PACKAGE
 from appliance.install_state import InstallState
 from harness import livekit
+from harness.appliance import LIVEKIT_CLIENT_TGZ
 from harness.chroot import FreshRoot, HostNetwork, clean_stale, mounts_under, pristine_tarball
 from harness.livekit import PrivateNetwork
 from harness.servers import wait_until
@@ -24,7 +25,11 @@ from harness.servers import wait_until
 CHECKOUT = Path(__file__).resolve().parents[1]
 SOURCE = "/root/appliance"
 LIVEKIT_BIN = "/root/livekit-server"
-INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
+LIVEKIT_CLIENT = "/root/livekit-client.tgz"
+INSTALL = (
+    f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --livekit-client-tgz {LIVEKIT_CLIENT}"
+    " --node-ip 127.0.0.1"
+)
 APPLIANCE = "/opt/appliance/venv/bin/appliance"
 STATE_FILE = "/var/lib/appliance/install-state.env"
 DEBIAN_UNITS = ("redis-server.service", "postgresql.service", "prometheus.service")
@@ -70,6 +75,7 @@ def prepared_root(private_network: PrivateNetwork, config: str = CONFIG) -> Iter
     try:
         root.copy_checkout(CHECKOUT, SOURCE)
         root.copy_in(livekit.binary(), LIVEKIT_BIN, mode=0o755)
+        root.copy_in(LIVEKIT_CLIENT_TGZ, LIVEKIT_CLIENT)
         write_config(root, config)
         yield root
     finally:

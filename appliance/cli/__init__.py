@@ -20,6 +20,7 @@ from appliance.cli import (
     capacity,
     chat,
     config,
+    console,
     db,
     doctor,
     forget,
@@ -141,6 +142,7 @@ main.add_command(backup.restore)
 main.add_command(capacity.capacity)
 main.add_command(chat.chat)
 main.add_command(config.config)
+main.add_command(console.console)
 main.add_command(db.db)
 main.add_command(forget.forget)
 main.add_command(install.install)

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A livekit-server binary to install as the bundled LiveKit.",
 )
+@click.option(
+    "--livekit-client-tgz",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="livekit-client's npm tarball for the console (else downloaded); checked against its locked sha512.",
+)
 @click.option("--node-ip", help="The address clients reach the bundled LiveKit at.")
 @click.option("--domain", help="The public name of the bundled LiveKit (TLS in front, see README).")
 @click.option("--yes", is_flag=True, help="Do not ask; for scripts.")
@@ -58,6 +63,7 @@ def install(
     livekit_api_key: str | None,
     livekit_api_secret_file: TextIO | None,
     livekit_server_bin: Path | None,
+    livekit_client_tgz: Path | None,
     node_ip: str | None,
     domain: str | None,
     yes: bool,
@@ -105,6 +111,7 @@ def install(
         livekit_api_key=livekit_api_key,
         livekit_api_secret=livekit_api_secret,
         livekit_server_bin=livekit_server_bin,
+        livekit_client_tgz=livekit_client_tgz,
         node_ip=node_ip,
         domain=domain,
         host=Host.from_environment() if host else None,

@@ -14,6 +14,7 @@ from harness.freshroot import (
     APPLIANCE,
     CHECKOUT,
     INSTALL,
+    LIVEKIT_CLIENT,
     LOOPBACK_CONFIG,
     OURS,
     assert_state,
@@ -44,7 +45,9 @@ def test_a_box_installed_by_the_bash_installer_upgrades_then_uninstalls_cleanly(
         debian_before, state = debian_instances(root), expected_state(root, prometheus=False)
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(root.path / OLD.lstrip("/"), filter="tar")
-        old = run_install(root, INSTALL.replace("/root/appliance ", f"{OLD} "), host_network=True)
+        # The bash installer took no --livekit-client-tgz (it had no console).
+        command = INSTALL.replace("/root/appliance ", f"{OLD} ").replace(f" --livekit-client-tgz {LIVEKIT_CLIENT}", "")
+        old = run_install(root, command, host_network=True)
         assert "install.sh: packages" in old.stdout, old.stdout  # the bash installer's own step
         assert_state(root, state)
 

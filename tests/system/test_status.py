@@ -16,7 +16,7 @@ import psutil
 from harness.appliance import InstalledAppliance
 from harness.servers import wait_until
 
-PROGRAMS = ("events", "redis", "postgres", "livekit", "metrics", "prometheus", "flusher", "worker")
+PROGRAMS = ("events", "redis", "postgres", "livekit", "metrics", "prometheus", "console", "flusher", "worker")
 STORES_AND_SERVICES = PROGRAMS[:-1]  # every program but the worker, which a graceful restart may have swapped
 
 
@@ -39,7 +39,7 @@ def programs(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_every_program_running_and_status_healthy(appliance: InstalledAppliance) -> None:
     code, report = status(appliance)
     assert code == 0, report["problems"]
-    assert report["state"] == "healthy" and report["verdict"].startswith("healthy: 8 programs running")
+    assert report["state"] == "healthy" and report["verdict"].startswith("healthy: 9 programs running")
     found = programs(report)
     for name in STORES_AND_SERVICES:
         assert found[name]["state"] == "RUNNING", found[name]
@@ -59,11 +59,17 @@ def test_every_program_running_and_status_healthy(appliance: InstalledAppliance)
     assert report["livekit"]["ok"] and report["livekit"]["url"] == appliance.settings.livekit.url
     settings = appliance.settings
     text = json.dumps(report)
-    for secret in (settings.redis.password, settings.postgres.password, settings.livekit.api_secret):
+    secrets = (
+        settings.redis.password,
+        settings.postgres.password,
+        settings.livekit.api_secret,
+        settings.console.secret_key,
+    )
+    for secret in secrets:
         assert secret is not None and secret.get_secret_value() not in text
 
     human = appliance.run("status")
-    assert human.stdout.splitlines()[0].startswith("healthy: 8 programs running")
+    assert human.stdout.splitlines()[0].startswith("healthy: 9 programs running")
     assert "PROGRAM" in human.stdout and "registered as AW_" in human.stdout
 
 

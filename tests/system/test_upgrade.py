@@ -55,7 +55,7 @@ async def test_upgrade_applies_the_migration_and_restarts_the_worker_gracefully(
     assert f"schema ({MIGRATION} applied)" in result.stderr, result.stderr
     assert "worker, gracefully (now worker-alt)" in result.stderr, result.stderr
     # The programs that run the appliance's own code restart with it (appliance/programs.py: ours).
-    assert "restarted: metrics, flusher, worker" in result.stderr, result.stderr
+    assert "restarted: metrics, console, flusher, worker" in result.stderr, result.stderr
     pg = installed.settings.postgres
     password = pg.password.get_secret_value() if pg.password else None
     with psycopg.connect(pg.conninfo(), password=password) as conn:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from harness import livekit
+from harness.appliance import LIVEKIT_CLIENT_TGZ
 from harness.checkout import copy_work_tree
 from harness.chroot import HostNetwork, pristine_tarball
 from harness.docker import Docker
@@ -34,7 +35,11 @@ from harness.servers import wait_until
 CHECKOUT = Path(__file__).resolve().parents[2]
 SOURCE = "/root/appliance"
 LIVEKIT_BIN = "/root/livekit-server"
-INSTALL = f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --node-ip 127.0.0.1"
+LIVEKIT_CLIENT = "/root/livekit-client.tgz"
+INSTALL = (
+    f"cd {SOURCE} && ./install.sh --yes --livekit-server-bin {LIVEKIT_BIN} --livekit-client-tgz {LIVEKIT_CLIENT}"
+    " --node-ip 127.0.0.1"
+)
 APPLIANCE = "/usr/local/bin/appliance"
 # Every port of the bundled LiveKit on 127.0.0.1, ICE on loopback; a short drain, so a stop with a room in
 # conversation takes seconds (the drain is what is tested, not its length).
@@ -139,6 +144,7 @@ class SystemdBox:
         """The checkout, a livekit-server and the test config in; then install.sh as a newcomer runs it."""
         self.copy_checkout()
         self.copy_in(livekit.binary(), LIVEKIT_BIN)
+        self.copy_in(LIVEKIT_CLIENT_TGZ, LIVEKIT_CLIENT)
         self.run("mkdir -p /etc/appliance && cat >/etc/appliance/appliance.toml", input=CONFIG)
         return self.run(INSTALL, timeout=1500)
 

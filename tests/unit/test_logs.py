@@ -345,8 +345,8 @@ def test_an_unknown_program_names_the_valid_ones() -> None:
     with pytest.raises(ApplianceError) as excinfo:
         check_program("workr")
     assert str(excinfo.value) == (
-        "unknown program 'workr': choose one of supervisord, redis, postgres, livekit, metrics, prometheus, flusher,"
-        " worker"
+        "unknown program 'workr': choose one of supervisord, redis, postgres, livekit, metrics, prometheus, console,"
+        " flusher, worker"
     )
     assert check_program("worker-alt") == "worker"
     assert check_program(None) is None
@@ -359,7 +359,17 @@ def test_journalctl_invocation() -> None:
     every = journal_command(None)
     assert every[1:] == [
         f"--identifier=appliance-{p}"
-        for p in ("supervisord", "redis", "postgres", "livekit", "metrics", "prometheus", "flusher", "worker")
+        for p in (
+            "supervisord",
+            "redis",
+            "postgres",
+            "livekit",
+            "metrics",
+            "prometheus",
+            "console",
+            "flusher",
+            "worker",
+        )
     ]
 
 
@@ -402,7 +412,7 @@ def test_files_are_merged_by_time_named_by_program_and_tracebacks_stay_whole(tmp
         f"flusher | {stamp(4)} INFO f4",
         f"worker | {stamp(5)} w5",
     ]
-    assert set(found.missing) == {"supervisord", "postgres", "livekit", "metrics", "prometheus"}
+    assert set(found.missing) == {"supervisord", "postgres", "livekit", "metrics", "prometheus", "console"}
     assert read_files(tmp_path, None, lines=2).lines == [f"flusher | {stamp(4)} INFO f4", f"worker | {stamp(5)} w5"]
     since = datetime(2026, 5, 1, 12, 3, tzinfo=UTC)
     assert read_files(tmp_path, "worker", since=since).lines == [

@@ -12,7 +12,9 @@ def test_a_restore_stops_the_workers_before_the_flusher() -> None:
 
 
 def test_services_are_in_start_order_and_the_two_workers_are_one() -> None:
-    assert programs.SERVICES == ("redis", "postgres", "livekit", "metrics", "prometheus", "flusher", "worker")
+    assert programs.SERVICES == (
+        "redis", "postgres", "livekit", "metrics", "prometheus", "console", "flusher", "worker"
+    )  # fmt: skip
     assert programs.service_of("worker-alt") == "worker" and programs.LOGGED[0] == "supervisord"
 
 

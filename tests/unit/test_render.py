@@ -31,7 +31,7 @@ def test_programs_start_in_order_and_the_worker_stops_gracefully() -> None:
     conf = supervisord(rendered()["supervisord.conf"])
     programs = {s.removeprefix("program:"): conf[s] for s in conf.sections() if s.startswith("program:")}
     order = sorted(programs, key=lambda name: int(programs[name]["priority"]))
-    assert order[:6] == ["redis", "postgres", "livekit", "metrics", "flusher", "worker"]
+    assert order[:7] == ["redis", "postgres", "livekit", "metrics", "console", "flusher", "worker"]
     worker = programs["worker"]
     assert worker["stopsignal"] == "TERM"
     assert (worker["stopasgroup"], worker["killasgroup"]) == ("false", "true")

@@ -271,3 +271,10 @@ def test_agent_env_names_are_checked(tmp_path: Path, config: str, secrets: str, 
     with pytest.raises(SettingsError) as excinfo:
         load()
     assert len(errors_of(excinfo)) == 1 and errors_of(excinfo)[0].startswith(error), errors_of(excinfo)
+
+
+def test_the_data_plane_leaves_the_control_planes_secrets_alone(tmp_path: Path) -> None:
+    write_secrets(tmp_path, '[console]\nsecret_key = "k"\n[metrics]\ntoken = "t"\n[redis]\npassword = "r"\n')
+    agent = load_settings(AgentSettings)
+    assert agent.redis.password is not None and not hasattr(agent, "console")
+    assert load().console.secret_key is not None
