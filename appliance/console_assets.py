@@ -16,6 +16,7 @@ from pathlib import Path
 
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
+from appliance.programs import BY_NAME
 from appliance.resources import resource_path
 from appliance.settings import ApplianceSettings
 
@@ -43,7 +44,7 @@ def integrity(data: bytes) -> str:
 def ensure(settings: ApplianceSettings, given: Path | None, report: Callable[[str, str], None]) -> None:
     """The bundle in place (from ``given``, a tarball, else downloaded), or unchanged when it is already the
     locked version's."""
-    if not settings.console.enabled:
+    if not BY_NAME["console"].runs_with(settings):  # off, or a worker-role box (no console there)
         return
     lock = Lock.read()
     target = settings.console.assets_dir / BUNDLE

@@ -7,13 +7,17 @@ end to end, offline.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import io
 import json
 import math
 import re
 import threading
+import wave
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +29,23 @@ def order_questions(line: str) -> tuple[str, dict[str, Any]] | None:
     """A tool_script for examples/order-desk: "alice: where is order A-1001?" calls lookup_order for alice."""
     found = re.match(r"(\w+): .*order ([A-Z]-\d+)", line)
     return ("lookup_order", {"order_id": found[2], "customer": found[1]}) if found else None
+
+
+@dataclass(frozen=True)
+class Heard:
+    """An audio file sent to be transcribed: how long it lasts and how loud it is (RMS of 16-bit samples)."""
+
+    seconds: float
+    rms: float
+
+    @classmethod
+    def of(cls, data: bytes) -> Heard:
+        with wave.open(io.BytesIO(data)) as wav:
+            frames = wav.readframes(wav.getnframes())
+            seconds = wav.getnframes() / wav.getframerate()
+        samples = array.array("h", frames)
+        rms = math.sqrt(sum(v * v for v in samples) / len(samples)) if samples else 0.0
+        return cls(seconds, rms)
 
 
 class FakeOpenAI:
@@ -44,6 +65,7 @@ class FakeOpenAI:
         )
         self.spoken: list[str] = []
         self.heard_audio: list[int] = []  # bytes of each audio file it was asked to transcribe
+        self.heard: list[Heard] = []  # and what each of them held
         self.transcript = "this came in as speech"
         # A user line (as the LLM sees it, "speaker: text") to (tool name, arguments), or None for a plain answer.
         self.tool_script: Callable[[str], tuple[str, dict[str, Any]] | None] | None = None
@@ -128,7 +150,9 @@ class FakeOpenAI:
             return web.json_response({"error": {"message": "bad key"}}, status=401)
         form = await request.post()
         audio: Any = form["file"]
-        self.heard_audio.append(len(audio.file.read()))
+        data = audio.file.read()
+        self.heard_audio.append(len(data))
+        self.heard.append(Heard.of(data))
         return web.json_response({"text": self.transcript})
 
 

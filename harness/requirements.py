@@ -36,6 +36,7 @@ TOOLS = (
     Tool("/usr/sbin/dockerd", "docker.io", "the appliance's images, and the containers of the systemd tests"),
     Tool("docker-compose", "docker-compose", "runs deploy/compose.yaml in the container tests"),
     Tool("promtool", "prometheus", "checks and unit-tests the alert rules"),
+    Tool("chromium", "chromium", "the web console's browser tests (driven by playwright, headless)"),
 )
 
 

@@ -55,6 +55,7 @@ class Console:
         app.router.add_post("/l/{token}", self.link_use)
         app.router.add_post("/api/token", self.token)
         app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/favicon.ico", _no_icon)
         return app
 
     @web.middleware
@@ -68,7 +69,8 @@ class Console:
                 " img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
                 "X-Frame-Options": "DENY",
                 "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
+                # Not no-referrer: with it, a browser sends "Origin: null" on the page's own form posts.
+                "Referrer-Policy": "same-origin",
             }
         )
         if not request.path.startswith("/static/"):
@@ -200,6 +202,10 @@ class Console:
         if not path.is_file():
             raise web.HTTPNotFound()
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+async def _no_icon(_: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 def _html(name: str, *, status: int = 200, **values: str) -> web.Response:

@@ -1,0 +1,53 @@
+"""Two people log in, join one room and talk with each other and the agent; each line shows its acknowledgement;
+the page loads nothing from outside the box."""
+
+from __future__ import annotations
+
+import re
+
+from playwright.sync_api import Page, expect
+
+from harness.appliance import InstalledAppliance
+from harness.browser import Person, chromium
+from tests.browser.conftest import PASSWORD, console_url
+
+
+def log_in_and_join(page: Page, url: str, room: str, identity: str) -> None:
+    page.goto(url)
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.fill("#room", room)
+    page.fill("#identity", identity)
+    page.click("#join-button")
+    expect(page.locator("#call")).to_be_visible(timeout=20_000)
+
+
+def test_two_people_and_the_agent_in_one_room(box: InstalledAppliance) -> None:
+    url = console_url(box)
+    with chromium() as browser:
+        alice, bob = Person(browser), Person(browser)
+        log_in_and_join(alice.page, url, "browser-room", "alice")
+        expect(alice.page.locator("#transcript li.agent").first).to_contain_text("Hello!", timeout=30_000)
+        expect(alice.page.locator("#agent-state")).to_have_attribute("data-state", "present")
+        log_in_and_join(bob.page, url, "browser-room", "bob")
+        expect(bob.page.locator("#participants")).to_contain_text("alice", timeout=10_000)
+        expect(bob.page.locator("#participants")).to_contain_text("(agent)")
+
+        alice.page.fill("#line", "hello from alice")
+        alice.page.click("#send")
+        mine = alice.page.locator("#transcript li.me", has_text="hello from alice")
+        expect(mine).to_have_attribute("data-ack", re.compile(r"^[0-9a-f-]{36}$"), timeout=20_000)  # stored
+        expect(bob.page.locator("#transcript li.human", has_text="hello from alice")).to_be_visible(timeout=10_000)
+        answer = "[offline model] I have heard alice"
+        for person in (alice, bob):
+            expect(person.page.locator("#transcript li.agent", has_text=answer)).to_be_visible(timeout=30_000)
+
+        bob.page.fill("#line", "and bob is here too")
+        bob.page.click("#send")
+        expect(alice.page.locator("#transcript li.human", has_text="and bob is here too")).to_be_visible(timeout=10_000)
+        expect(bob.page.locator("#transcript li.agent", has_text="I have heard alice, bob")).to_be_visible(
+            timeout=30_000
+        )
+        for person in (alice, bob):
+            assert person.hosts == {"127.0.0.1"}, person.hosts  # nothing from outside the box
+            person.close()
