@@ -57,6 +57,8 @@ class Person:
         self.context: BrowserContext = browser.new_context()
         self.page: Page = self.context.new_page()
         self.hosts: set[str] = set()
+        self.console: list[str] = []  # the page's console messages, for a failure's explanation
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         self.page.on("request", lambda request: self.hosts.add(urlsplit(request.url).hostname or request.url))
         self.page.on("websocket", lambda ws: self.hosts.add(urlsplit(ws.url).hostname or ws.url))
 

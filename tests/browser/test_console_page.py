@@ -5,31 +5,38 @@ from __future__ import annotations
 
 import re
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
 
 from harness.appliance import InstalledAppliance
 from harness.browser import Person, chromium
 from tests.browser.conftest import PASSWORD, console_url
 
 
-def log_in_and_join(page: Page, url: str, room: str, identity: str) -> None:
+def log_in_and_join(person: Person, url: str, room: str, identity: str) -> None:
+    page = person.page
     page.goto(url)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
     page.fill("#room", room)
     page.fill("#identity", identity)
     page.click("#join-button")
-    expect(page.locator("#call")).to_be_visible(timeout=20_000)
+    joined = "() => !document.getElementById('call').hidden || !!document.getElementById('error').textContent"
+    try:
+        page.wait_for_function(joined, timeout=45_000)
+    except PlaywrightTimeout:
+        raise AssertionError("the page did not join: " + "\n".join(person.console[-30:])) from None
+    assert page.locator("#call").is_visible(), page.locator("#error").text_content()
 
 
 def test_two_people_and_the_agent_in_one_room(box: InstalledAppliance) -> None:
     url = console_url(box)
     with chromium() as browser:
         alice, bob = Person(browser), Person(browser)
-        log_in_and_join(alice.page, url, "browser-room", "alice")
+        log_in_and_join(alice, url, "browser-room", "alice")
         expect(alice.page.locator("#transcript li.agent").first).to_contain_text("Hello!", timeout=30_000)
         expect(alice.page.locator("#agent-state")).to_have_attribute("data-state", "present")
-        log_in_and_join(bob.page, url, "browser-room", "bob")
+        log_in_and_join(bob, url, "browser-room", "bob")
         expect(bob.page.locator("#participants")).to_contain_text("alice", timeout=10_000)
         expect(bob.page.locator("#participants")).to_contain_text("(agent)")
 

@@ -71,7 +71,7 @@ def test_speech_from_the_browser_reaches_the_stt_and_the_agent_answers_aloud(
     with chromium(microphone=speech) as browser:
         carol = Person(browser)
         page = carol.page
-        log_in_and_join(page, console_url(voice_box), "voice-room", "carol")
+        log_in_and_join(carol, console_url(voice_box), "voice-room", "carol")
         expect(page.locator("#transcript li.agent").first).to_contain_text("Hello!", timeout=30_000)
         page.wait_for_selector("audio", state="attached", timeout=20_000)
         page.evaluate(LISTEN)
@@ -79,6 +79,7 @@ def test_speech_from_the_browser_reaches_the_stt_and_the_agent_answers_aloud(
         expect(page.locator("#mic")).to_have_attribute("aria-pressed", "true")
         wait_until(lambda: bool(fake.heard), 40, "the STT asked to transcribe the browser's speech")
         heard = fake.heard[0]
+        print(f"spoken {spoken_s:.2f} s; the STT got {heard.seconds:.2f} s at RMS {heard.rms:.0f}")
         assert abs(heard.seconds - spoken_s) <= 0.25 * spoken_s, (heard, spoken_s)
         assert heard.rms > 300, heard  # speech, not silence
         # The turn is carol's (the page shows the transcript under her name), and the agent answers it aloud.
@@ -89,5 +90,6 @@ def test_speech_from_the_browser_reaches_the_stt_and_the_agent_answers_aloud(
             timeout=30_000
         )
         wait_until(lambda: page.evaluate("window.agentPeak") > 0.05, 20, "the agent's voice heard in the page")
+        print(f"the agent's voice in the page: peak {page.evaluate('window.agentPeak'):.2f} (full scale 1)")
         assert carol.hosts == {"127.0.0.1"}, carol.hosts
         carol.close()

@@ -156,6 +156,7 @@
     }
     $("join").hidden = true;
     $("call").hidden = false;
+    $("room-title").textContent = `Room ${granted.room}, as ${granted.identity}`;
     refresh();
     $("line").focus();
   }
