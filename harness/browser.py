@@ -59,6 +59,10 @@ class Person:
         self.hosts: set[str] = set()
         self.console: list[str] = []  # the page's console messages, for a failure's explanation
         self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
+        self.page.on("pageerror", lambda error: self.console.append(f"uncaught: {error}"))
+        self.page.on("requestfailed", lambda request: self.console.append(f"failed: {request.url} {request.failure}"))
+        self.page.on("framenavigated", lambda frame: self.console.append(f"navigated: {frame.url}"))
+        self.page.on("response", lambda response: self.console.append(f"{response.status}: {response.url[:80]}"))
         self.page.on("request", lambda request: self.hosts.add(urlsplit(request.url).hostname or request.url))
         self.page.on("websocket", lambda ws: self.hosts.add(urlsplit(ws.url).hostname or ws.url))
 

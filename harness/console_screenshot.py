@@ -30,6 +30,7 @@ def photograph(appliance: InstalledAppliance, target: Path) -> None:
         alice.page.goto(url)
         alice.page.fill("#password", PASSWORD)
         alice.page.click("button[type=submit]")
+        alice.page.wait_for_selector("#join-button:enabled")
         alice.page.fill("#room", "front-desk")
         alice.page.fill("#identity", "alice")
         alice.page.click("#join-button")

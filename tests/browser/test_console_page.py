@@ -18,6 +18,7 @@ def log_in_and_join(person: Person, url: str, room: str, identity: str) -> None:
     page.goto(url)
     page.fill("#password", PASSWORD)
     page.click("button[type=submit]")
+    page.wait_for_selector("#join-button:enabled")  # the page's script has run
     page.fill("#room", room)
     page.fill("#identity", identity)
     page.click("#join-button")

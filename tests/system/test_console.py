@@ -186,3 +186,11 @@ def test_nothing_secret_in_the_consoles_log(box: InstalledAppliance) -> None:
     for secret in (settings.console.secret_key, settings.console.password_hash, settings.livekit.api_secret):
         assert secret is not None and secret.get_secret_value() not in text
     assert PASSWORD not in text
+
+
+async def test_behind_a_tls_proxy_on_the_box_the_cookie_is_secure(box: InstalledAppliance) -> None:
+    """A proxy on this box (Caddy, nginx) terminating TLS says so with X-Forwarded-Proto: the cookie is then
+    Secure; the same header from elsewhere would not count (only a loopback peer is trusted), nor is it needed."""
+    async with aiohttp.ClientSession(headers={"Origin": base(box), "X-Forwarded-Proto": "https"}) as proxied:
+        answer = await login(proxied, box)
+        assert answer.status == 303 and "Secure" in answer.headers["Set-Cookie"]

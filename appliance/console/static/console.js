@@ -18,7 +18,7 @@
     $("room").value = session.room;
     $("identity").value = session.identity;
     $("room").readOnly = $("identity").readOnly = true;
-  } else {
+  } else if (!$("room").value) {
     $("room").value = new URLSearchParams(location.search).get("room") || "";
   }
 
@@ -181,6 +181,7 @@
   }
 
   $("join").addEventListener("submit", join);
+  $("join-button").disabled = false; // off until now: a click before this script ran would submit the form as is
   $("say").addEventListener("submit", say);
   $("mic").addEventListener("click", toggleMic);
   $("leave").addEventListener("click", async () => {
