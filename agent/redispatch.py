@@ -18,6 +18,7 @@ worker of ours claimed (another deployment's), or one of an older worker that ke
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -40,6 +41,9 @@ from agent.store.keys import digest
 log = logging.getLogger("agent.redispatch")
 AGENT_KIND = models.ParticipantInfo.Kind.AGENT
 HEARTBEAT_EVERY_S = 1.0
+# The topic on which the rooms are told that their agent died and what the appliance does about it (the web
+# console shows it: LiveKit itself tells the others that a participant left only seconds later, in a batch).
+STATE_TOPIC = "appliance.state"
 # Three missed beats: a worker slower than that to reach Redis is taken for dead, and then still has
 # orphan_after_s to beat again before its rooms are taken over.
 HEARTBEAT_TTL_S = 3.0
@@ -100,6 +104,7 @@ class Redispatcher:
     async def revive(self, room: str, dead_identity: str, cause: str) -> None:
         """A room's process died abnormally: remove its ghost participant and dispatch the room again."""
         if not self.record_death(room, cause):
+            await self.tell(room, "given_up", dead_identity, cause)
             return
         # The agent that died proves our dispatch or claim of the room is over (a claim another worker took since
         # stays, and then that worker serves the room).
@@ -107,8 +112,18 @@ class Redispatcher:
         if dead_identity:
             with suppress(api.TwirpError):  # already gone
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=dead_identity))
+        await self.tell(room, "redispatching", dead_identity, cause)
         if await self.dispatch(room, dead=dead_identity):
             self.counters.redispatches[cause] += 1
+
+    async def tell(self, room: str, state: str, dead: str, cause: str) -> None:
+        """Tell the room's participants (on STATE_TOPIC) that its agent ``dead`` died of ``cause`` and what comes:
+        "redispatching" or "given_up". Best effort: the room may be gone."""
+        message = json.dumps({"state": state, "agent": dead, "cause": cause}).encode()
+        with suppress(api.TwirpError):
+            await self.lkapi.room.send_data(
+                api.SendDataRequest(room=room, data=message, kind=models.DataPacket.Kind.RELIABLE, topic=STATE_TOPIC)
+            )
 
     async def dispatch(self, room: str, *, dead: str = "") -> bool:
         """Dispatch an agent to ``room`` unless one is there or on its way. True when dispatched.
@@ -193,6 +208,7 @@ class Redispatcher:
         for identity in ghosts:
             with suppress(api.TwirpError):  # gone meanwhile
                 await self.lkapi.room.remove_participant(api.RoomParticipantIdentity(room=room, identity=identity))
+            await self.tell(room, "redispatching", identity, "worker_dead")
         await self.lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name=self.settings.agent_name, room=room)
         )

@@ -3,13 +3,17 @@ the page loads nothing from outside the box."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from harness.appliance import InstalledAppliance
 from harness.browser import Person, chromium
+from harness.servers import wait_until
 from tests.browser.conftest import PASSWORD, console_url
 
 
@@ -59,3 +63,35 @@ def test_two_people_and_the_agent_in_one_room(box: InstalledAppliance) -> None:
         for person in (alice, bob):
             assert person.hosts == {"127.0.0.1"}, person.hosts  # nothing from outside the box
             person.close()
+
+
+def room_pid(box: InstalledAppliance, room: str) -> int | None:
+    report = json.loads(box.run("status", "--json", check=False).stdout)
+    return next((r["pid"] for w in report["workers"] for r in w["rooms"] if r["room"] == room), None)
+
+
+def test_the_page_tells_when_the_agent_died_and_when_it_resumed(box: InstalledAppliance) -> None:
+    """A room's process killed: the page says the agent left and is being dispatched again, then that the next
+    one resumed the conversation (whose greeting is the resume greeting)."""
+    with chromium() as browser:
+        carol = Person(browser)
+        log_in_and_join(carol, console_url(box), "crash-room", "carol")
+        page = carol.page
+        expect(page.locator("#transcript li.agent").first).to_contain_text("Hello!", timeout=30_000)
+        page.fill("#line", "remember the blue door")
+        page.click("#send")
+        expect(page.locator("#transcript li.agent", has_text="I have heard carol")).to_be_visible(timeout=30_000)
+        wait_until(lambda: room_pid(box, "crash-room"), 20, "the room's process in status")
+        pid = room_pid(box, "crash-room")
+        assert pid is not None
+
+        os.kill(pid, signal.SIGKILL)
+        expect(page.locator("#agent-state")).to_have_attribute("data-state", "resumed", timeout=60_000)
+        notes = page.locator("#transcript li.note")
+        expect(notes).to_have_count(2, timeout=10_000)
+        assert notes.evaluate_all("(ns) => ns.map((n) => n.dataset.note)") == ["redispatching", "resumed"]
+        expect(notes.first).to_contain_text("(killed)")
+        resume_greeting = box.settings.worker.resume_greeting
+        expect(page.locator("#transcript li.agent", has_text=resume_greeting)).to_be_visible(timeout=30_000)
+        assert room_pid(box, "crash-room") not in (None, pid)
+        carol.close()

@@ -11,7 +11,10 @@
   const acks = new Map(); // acks that came before sendText returned the stream id
   const segments = new Map(); // transcription segment id -> its <li> (interim text is replaced by the final one)
   let room = null;
-  let agentSeen = false;
+  let serving = null; // identity of the agent serving the room, as last seen (null: none seen yet)
+  let givenUp = false; // the appliance stopped dispatching this room: its agent died too often
+  const gone = new Set(); // agents the appliance said died (LiveKit lists them for some seconds more)
+  const resumedNoted = new Set(); // agents whose resumption the transcript already tells
   let micOn = false;
 
   if (session.kind === "link") {
@@ -63,29 +66,75 @@
     li.append(note);
   }
 
+  function note(text, kind) {
+    const li = document.createElement("li");
+    li.className = "note";
+    li.dataset.note = kind;
+    li.textContent = text;
+    $("transcript").append(li);
+    li.scrollIntoView({ block: "nearest" });
+  }
+
+  // The newest live agent serves: a re-dispatched agent may join before LiveKit tells that its predecessor left.
+  const newestAgent = () =>
+    participantsOf()
+      .filter((p) => isAgent(p) && !gone.has(p.identity))
+      .sort((a, b) => (a.joinedAt?.getTime() ?? 0) - (b.joinedAt?.getTime() ?? 0))
+      .at(-1);
+  const hasResumed = (agent) => agent.attributes["appliance.resumed"] === "true";
+
+  function onAgentLeft(participant) {
+    if (isAgent(participant) && participant.identity === serving && !gone.has(serving) && !newestAgent()) {
+      note(`The agent ${participant.identity} left: the appliance will dispatch one again…`, "left");
+    }
+    refresh();
+  }
+
+  // What the appliance tells the room when its agent died (agent/redispatch.py, sent by the server: no sender).
+  function onApplianceState(payload, participant, kind, topic) {
+    if (topic !== "appliance.state" || participant) return;
+    const told = JSON.parse(new TextDecoder().decode(payload));
+    gone.add(told.agent);
+    if (told.state === "given_up") {
+      givenUp = true;
+      note(`The agent ${told.agent} died (${told.cause}) too often: the appliance stopped dispatching it here.`, "given_up");
+    } else {
+      note(`The agent ${told.agent} died (${told.cause}): the appliance is dispatching it again…`, "redispatching");
+    }
+    refresh();
+  }
+
   function refresh() {
-    const agents = participantsOf().filter(isAgent);
-    if (agents.length) agentSeen = true;
+    const agent = newestAgent();
     const state = $("agent-state");
-    if (agents.length) {
-      const resumed = agents[0].attributes["appliance.resumed"] === "true";
+    if (agent) {
+      serving = agent.identity;
+      givenUp = false;
+      const resumed = hasResumed(agent);
+      if (resumed && !resumedNoted.has(agent.identity)) {
+        resumedNoted.add(agent.identity);
+        note(`The agent ${agent.identity} resumed this room's conversation where it stopped.`, "resumed");
+      }
       state.dataset.state = resumed ? "resumed" : "present";
       state.textContent = resumed
         ? "The agent is here; it resumed this room's conversation where it stopped."
         : "The agent is here.";
       state.className = "state";
     } else {
-      state.dataset.state = agentSeen ? "redispatching" : "absent";
-      state.textContent = agentSeen
-        ? "The agent left: the appliance is dispatching it again…"
-        : "The agent is absent: waiting for the appliance to dispatch one…";
+      state.dataset.state = givenUp ? "given_up" : serving ? "redispatching" : "absent";
+      state.textContent = givenUp
+        ? "The agent died too often in this room: the appliance stopped dispatching it (see its logs)."
+        : serving
+          ? "The agent left: the appliance is dispatching it again…"
+          : "The agent is absent: waiting for the appliance to dispatch one…";
       state.className = "state warn";
     }
     const list = $("participants");
     list.replaceChildren();
     for (const p of [room.localParticipant, ...participantsOf()]) {
       const li = document.createElement("li");
-      li.textContent = p.identity + (p === room.localParticipant ? " (you)" : isAgent(p) ? " (agent)" : "");
+      const role = p === room.localParticipant ? " (you)" : isAgent(p) ? (gone.has(p.identity) ? " (agent, died)" : " (agent)") : "";
+      li.textContent = p.identity + role;
       list.append(li);
     }
   }
@@ -136,8 +185,9 @@
     });
     room
       .on(LK.RoomEvent.ParticipantConnected, refresh)
-      .on(LK.RoomEvent.ParticipantDisconnected, refresh)
+      .on(LK.RoomEvent.ParticipantDisconnected, onAgentLeft)
       .on(LK.RoomEvent.ParticipantAttributesChanged, refresh)
+      .on(LK.RoomEvent.DataReceived, onApplianceState)
       .on(LK.RoomEvent.TrackSubscribed, (track, publication, participant) => {
         if (track.kind !== LK.Track.Kind.Audio) return;
         const audio = track.attach();
