@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from livekit import rtc
@@ -12,6 +13,7 @@ from livekit import rtc
 CHAT_TOPIC = "lk.chat"
 REPLY_TOPIC = "lk.transcription"
 ACK_TOPIC = "appliance.ack"
+STATE_TOPIC = "appliance.state"  # agent/redispatch.py: the room's agent died, and what the appliance does about it
 
 
 class Refused(Exception):
@@ -28,11 +30,14 @@ class ChatClient:
         self.replies: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (sender identity, text)
         self.acked: dict[str, dict[str, str]] = {}  # stream id -> its ack: {"message_id"} or {"error"}
         self._acks: dict[str, asyncio.Future[dict[str, str]]] = {}
+        self.told: list[dict[str, str]] = []  # what the appliance told the room (STATE_TOPIC), oldest first
+        self.on_told: Callable[[dict[str, str]], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def connect(self) -> ChatClient:
         self.room.register_text_stream_handler(REPLY_TOPIC, self._on_reply)
         self.room.register_text_stream_handler(ACK_TOPIC, self._on_ack)
+        self.room.on("data_received", self._on_data)
         await self.room.connect(self.url, self.token, self.options)
         return self
 
@@ -60,6 +65,14 @@ class ChatClient:
                 waiter.set_result(ack)
 
         self._spawn(read())
+
+    def _on_data(self, packet: rtc.DataPacket) -> None:
+        if packet.topic != STATE_TOPIC or packet.participant is not None:  # only the server's word counts
+            return
+        told = json.loads(packet.data)
+        self.told.append(told)
+        if self.on_told is not None:
+            self.on_told(told)
 
     async def send(self, text: str, *, ack_seconds: float = 20) -> str:
         """Send one line; returns the stored message's id once the agent has acknowledged it, or raises Refused."""

@@ -1,11 +1,15 @@
 """livekit-client's browser bundle for the console: the npm registry's tarball, checked against the sha512 in
-config/livekit-client.lock, its one file put in ``console.assets_dir``. The console serves it from the box."""
+config/livekit-client.lock, its one file put in ``console.assets_dir``. The console serves it from the box.
+
+Only the standard library at import: ``python3 -m appliance.console_assets`` runs from a bare checkout (the image
+build fetches the tarball so)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
+import sys
 import tarfile
 import tomllib
 import urllib.error
@@ -13,12 +17,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.errors import ApplianceError
 from appliance.files import write_atomic
-from appliance.programs import BY_NAME
 from appliance.resources import resource_path
-from appliance.settings import ApplianceSettings
+
+if TYPE_CHECKING:
+    from appliance.settings import ApplianceSettings
 
 BUNDLE = "livekit-client.umd.js"
 STAMP = "livekit-client.integrity"  # the integrity of the tarball the bundle came from
@@ -44,17 +50,26 @@ def integrity(data: bytes) -> str:
 def ensure(settings: ApplianceSettings, given: Path | None, report: Callable[[str, str], None]) -> None:
     """The bundle in place (from ``given``, a tarball, else downloaded), or unchanged when it is already the
     locked version's."""
+    from appliance.programs import BY_NAME
+
     if not BY_NAME["console"].runs_with(settings):  # off, or a worker-role box (no console there)
         return
-    lock = Lock.read()
-    target = settings.console.assets_dir / BUNDLE
-    stamp = settings.console.assets_dir / STAMP
-    if target.is_file() and stamp.is_file() and stamp.read_text().strip() == lock.integrity:
-        report("unchanged", f"livekit-client {lock.version} ({target})")
+    lock, assets = Lock.read(), settings.console.assets_dir
+    if installed(assets, lock):
+        report("unchanged", f"livekit-client {lock.version} ({assets / BUNDLE})")
         return
-    data = given.read_bytes() if given else _download(lock.tarball)
+    unpack(given.read_bytes() if given else _download(lock.tarball), str(given or lock.tarball), assets, lock)
+    report("installed", f"livekit-client {lock.version} ({assets / BUNDLE})")
+
+
+def installed(assets: Path, lock: Lock) -> bool:
+    stamp = assets / STAMP
+    return (assets / BUNDLE).is_file() and stamp.is_file() and stamp.read_text().strip() == lock.integrity
+
+
+def unpack(data: bytes, where: str, assets: Path, lock: Lock) -> None:
+    """The bundle of ``data`` (the tarball, from ``where``) in ``assets``, once its sha512 is the lock's."""
     if integrity(data) != lock.integrity:
-        where = given or lock.tarball
         raise ApplianceError(f"{where}: its sha512 is not the one config/livekit-client.lock names: refused")
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
@@ -62,10 +77,9 @@ def ensure(settings: ApplianceSettings, given: Path | None, report: Callable[[st
             bundle = member.read() if member else b""
     except (tarfile.TarError, KeyError) as exc:
         raise ApplianceError(f"livekit-client {lock.version}: no {lock.member} in its tarball ({exc})") from None
-    settings.console.assets_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    write_atomic(target, bundle, mode=0o644)
-    write_atomic(stamp, lock.integrity + "\n", mode=0o644)
-    report("installed", f"livekit-client {lock.version} ({target})")
+    assets.mkdir(mode=0o755, parents=True, exist_ok=True)
+    write_atomic(assets / BUNDLE, bundle, mode=0o644)
+    write_atomic(assets / STAMP, lock.integrity + "\n", mode=0o644)
 
 
 def _download(url: str) -> bytes:
@@ -79,28 +93,31 @@ def _download(url: str) -> bytes:
         ) from None
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     """``python -m appliance.console_assets FILE``: the locked tarball, downloaded and checked, saved as FILE (kept
-    when it is there already): for installs without the registry (``--livekit-client-tgz FILE``) and the tests."""
-    import sys
+    when it is there already): for installs without the registry (``--livekit-client-tgz FILE``), the image build
+    and the tests. ``... --into DIR FILE``: the bundle of FILE (checked) put in DIR, as an install does."""
+    import argparse
 
-    if len(sys.argv) != 2:
-        print("usage: python -m appliance.console_assets FILE", file=sys.stderr)
-        return 2
-    target, lock = Path(sys.argv[1]), Lock.read()
-    if target.is_file() and integrity(target.read_bytes()) == lock.integrity:
-        return 0
+    parser = argparse.ArgumentParser(prog="python -m appliance.console_assets")
+    parser.add_argument("--into", type=Path, metavar="DIR", help="put the bundle of FILE in DIR")
+    parser.add_argument("file", type=Path, metavar="FILE")
+    args = parser.parse_args(argv)
+    lock = Lock.read()
     try:
-        data = _download(lock.tarball)
-        if integrity(data) != lock.integrity:
-            raise ApplianceError(f"{lock.tarball}: its sha512 is not the one config/livekit-client.lock names")
-    except ApplianceError as exc:
+        if args.into is not None:
+            unpack(args.file.read_bytes(), str(args.file), args.into, lock)
+        elif not (args.file.is_file() and integrity(args.file.read_bytes()) == lock.integrity):
+            data = _download(lock.tarball)
+            if integrity(data) != lock.integrity:
+                raise ApplianceError(f"{lock.tarball}: its sha512 is not the one config/livekit-client.lock names")
+            args.file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(args.file, data, mode=0o644)
+    except (ApplianceError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, data, mode=0o644)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -31,6 +31,7 @@ async def converse(
     from appliance.tokens import join_token
 
     client = ChatClient(settings.livekit.url, join_token(settings.livekit, room, identity).token)
+    client.on_told = lambda told: out(describe(told), err=True)
     try:
         await client.connect()
     except rtc.ConnectError as exc:
@@ -69,6 +70,13 @@ async def converse(
 async def print_replies(client: ChatClient, out: Callable[..., None]) -> None:
     while True:
         out(f"agent: {await client.reply(seconds=3600)}")
+
+
+def describe(told: dict[str, str]) -> str:
+    """What the appliance told the room about its agent (agent/redispatch.py), for the terminal."""
+    if told.get("state") == "given_up":
+        return f"(the agent {told.get('agent')} died ({told.get('cause')}) too often: no agent is dispatched here)"
+    return f"(the agent {told.get('agent')} died ({told.get('cause')}): the appliance is dispatching it again)"
 
 
 def connect_failure(detail: str) -> str:

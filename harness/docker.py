@@ -21,6 +21,7 @@ from pathlib import Path
 import docker
 
 from harness import livekit
+from harness.appliance import LIVEKIT_CLIENT_TGZ
 from harness.checkout import copy_work_tree
 from harness.chroot import HostNetwork, pristine_tarball
 from harness.livekit import PrivateNetwork
@@ -152,13 +153,15 @@ def site_base(engine: Docker, host: HostNetwork) -> str:
 
 def appliance_image(engine: Docker, host: HostNetwork, target: str) -> str:
     """deploy/docker/Dockerfile's ``target`` built from this work tree as a user builds it (the context its root,
-    build/livekit-server in it), on the site base; the engine's layer cache makes an unchanged rebuild quick."""
+    build/livekit-server and build/livekit-client.tgz in it), on the site base; the engine's layer cache makes an
+    unchanged rebuild quick."""
     base = site_base(engine, host)
     tag = f"appliance-test-{target}:latest"
     with tempfile.TemporaryDirectory(prefix="appliance-context-") as tmp:
         context = copy_work_tree(Path(tmp) / "context")
         (context / "build").mkdir(exist_ok=True)
         shutil.copy2(livekit.binary(), context / "build" / "livekit-server")
+        shutil.copy2(LIVEKIT_CLIENT_TGZ, context / "build" / "livekit-client.tgz")
         sdk().images.build(
             path=str(context),
             dockerfile="deploy/docker/Dockerfile",

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
+import shlex
 import tarfile
 import tempfile
 import tomllib
@@ -77,6 +79,24 @@ def test_a_chat_round_trip_on_loopback(box: Box) -> None:
     ]
     signalled = candidates_in(box.sh("cat /var/log/appliance/livekit.log"))
     assert signalled and all(is_loopback(address) for address, _, _ in signalled), signalled
+
+
+def test_the_console_serves_its_page_and_livekit_client_from_the_image(box: Box) -> None:
+    """The image carries livekit-client's bundle (nothing is downloaded when a container starts): the console
+    runs, serves its page and the bundle, and makes links with the secret the container made."""
+    report = json.loads(box.sh("appliance status --json", check=False))
+    assert {p["name"]: p["state"] for p in report["programs"]}.get("console") == "RUNNING", report["programs"]
+    get = (
+        "python -c 'import sys, urllib.request; r = urllib.request.urlopen(sys.argv[1], timeout=10); "
+        "print(r.status, len(r.read()))' "
+    )
+    assert box.sh(get + "http://127.0.0.1:8090/").split()[0] == "200"
+    status, size = box.sh(get + "http://127.0.0.1:8090/static/livekit-client.umd.js").split()
+    assert status == "200" and int(size) > 100_000, (status, size)
+    said = box.sh("appliance console link image-room --identity visitor 2>/dev/null").strip()
+    assert said.startswith("http://127.0.0.1:8090/l/") and "\n" not in said, said
+    link = said
+    assert box.sh(get + shlex.quote(link)).split()[0] == "200"
 
 
 def test_docker_stop_drains_a_room_in_conversation_and_start_resumes_it(box: Box) -> None:

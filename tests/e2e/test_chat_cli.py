@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from agent.settings import AgentSettings, LiveKitSettings
@@ -98,3 +102,31 @@ def test_chat_shows_a_refused_line_as_one_error_and_goes_on(
     lines = done.stdout.splitlines()
     assert lines[1] == "dave: still here?"
     assert "holds 2 messages" in lines[2]  # the greeting and this line: the refused one was not answered either
+
+
+def test_chat_says_when_the_agent_died_and_is_dispatched_again(
+    worker: WorkerProcess, e2e_settings: AgentSettings, tmp_path: Path
+) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "chat", "chat-crash-room", "--identity", "fay"],
+        env=settings_env(e2e_settings, tmp_path / "cli-config"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as chat:
+        watchdog = threading.Timer(90, chat.kill)  # a line that never comes ends the reads below with ""
+        watchdog.start()
+        try:
+            assert chat.stdout is not None and chat.stderr is not None
+            assert chat.stdout.readline() == f"agent: {e2e_settings.worker.greeting}\n"
+            pid = next(r["pid"] for r in worker.status()["rooms"] if r["room"] == "chat-crash-room")
+            os.kill(pid, signal.SIGKILL)
+            told = chat.stderr.readline()
+            assert re.fullmatch(
+                r"\(the agent agent-AJ_\w+ died \(killed\): the appliance is dispatching it again\)\n", told
+            )
+            assert chat.stdout.readline() == f"agent: {e2e_settings.worker.resume_greeting}\n"
+        finally:
+            watchdog.cancel()
+            chat.kill()

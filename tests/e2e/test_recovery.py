@@ -42,6 +42,9 @@ async def test_kill_9_of_a_room_process_resumes_the_whole_conversation(worker: W
     before = room_pid(worker, "crash-room")
     os.kill(before, signal.SIGKILL)
     assert "I remember our conversation" in await alice.reply_containing("I'm back", 60)
+    # the room was told at once, by the server (LiveKit says that a participant left seconds later)
+    assert [(t["state"], t["cause"]) for t in alice.told] == [("redispatching", "killed")], alice.told
+    assert alice.told[0]["agent"].startswith("agent-AJ_")
     acked.append(await alice.send("after the crash"))
     answer = await alice.reply_containing("after the crash")
     # greeting + 3 x (line, answer) + the resume greeting + this line: nothing acknowledged was lost

@@ -42,15 +42,18 @@ def test_the_base_is_an_argument_and_nothing_is_pulled_by_a_syntax_line() -> Non
     assert "# syntax=" not in text.lower()
     first_instruction = next(line for line in text.splitlines() if line and not line.startswith("#"))
     assert first_instruction == "ARG BASE_IMAGE=debian:12"
-    assert re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE) == ["${BASE_IMAGE}", "python", "python"]
+    assert re.findall(r"^FROM (\S+)", text, flags=re.MULTILINE) == ["${BASE_IMAGE}", "python", "python", "python"]
 
 
 def test_each_image_has_its_init_health_check_and_stop_signal() -> None:
     found = stages()
-    assert list(found) == ["python", "worker", "appliance"]  # the appliance is the default (last) target
+    assert list(found) == ["python", "worker", "console", "appliance"]  # the appliance: the default (last) target
     for name in ("worker", "appliance"):
         stage = found[name]
         assert "HEALTHCHECK " in stage and "STOPSIGNAL SIGTERM" in stage, name
         assert re.search(r'^ENTRYPOINT \["/usr/bin/tini", "--"', stage, flags=re.MULTILINE), name
     assert re.search(r"^USER 10001:10001$", found["worker"], flags=re.MULTILINE)
     assert 'appliance", "run"' in found["appliance"]
+    # Only livekit-client's bundle goes on from the console stage, not its npm tarball.
+    assert "COPY --from=console /opt/appliance/console /opt/appliance/console" in found["appliance"]
+    assert "livekit-client.tgz" not in found["appliance"]
