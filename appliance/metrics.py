@@ -14,9 +14,7 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import shutil
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from appliance import recorded, status
 from appliance.layout import Layout
+from appliance.serving import run_program, serve_until_signal
 
 if TYPE_CHECKING:
     from appliance.settings import ApplianceSettings
@@ -257,37 +256,14 @@ def make_apps(settings: ApplianceSettings, layout: Layout) -> tuple[web.Applicat
 
 
 async def serve(settings: ApplianceSettings, layout: Layout) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runners = []
     m = settings.metrics
     metrics_app, health_app = make_apps(settings, layout)
-    for app, host, port in ((metrics_app, m.bind, m.port), (health_app, m.health_bind, m.health_port)):
-        # shutdown_timeout 0: a scraper's keep-alive connection never holds up a stop.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.0)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        runners.append(runner)
     log.info(
         "metrics on http://%s:%d/metrics, health on http://%s:%d/health", m.bind, m.port, m.health_bind, m.health_port
     )
-    await stop.wait()
-    for runner in runners:
-        await runner.cleanup()
-
-
-def main() -> None:
-    from agent.logs import setup_logging
-    from agent.settings import config_path, load_or_exit
-    from appliance.settings import ApplianceSettings
-
-    setup_logging()
-    settings = load_or_exit(ApplianceSettings)
-    setup_logging(settings.logging)
-    asyncio.run(serve(settings, Layout.of(settings, config_path(os.environ))))
+    # shutdown_timeout 0: a scraper's keep-alive connection never holds up a stop.
+    await serve_until_signal([(metrics_app, m.bind, m.port), (health_app, m.health_bind, m.health_port)], 0.0)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(serve)

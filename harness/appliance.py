@@ -23,6 +23,7 @@ from appliance.chatclient import ChatClient
 from appliance.layout import Layout
 from appliance.settings import ApplianceSettings
 from appliance.supervisor import Supervisor
+from harness.fake_openai import FakeOpenAI
 from harness.livekit import binary, free_udp_port
 from harness.servers import free_port
 
@@ -133,6 +134,16 @@ loopback_only = true
             if line.startswith("port")
         )
         self.config_file.write_text(text + f'[livekit]\nurl = "ws://127.0.0.1:{port}"\n')
+
+    def use_models(self, fake: FakeOpenAI, **choices: str) -> None:
+        """The box's [models] served by ``fake``: its LLM and what ``choices`` name (e.g. ``tts="openai"``), in
+        the config (written again) and its key in secrets.toml. Before ``install``."""
+        models = {"llm": "openai", **choices, "openai_base_url": fake.base_url}
+        self.extra += "[models]\n" + "".join(f'{key} = "{value}"\n' for key, value in models.items())
+        self.write_config()
+        secrets = self.etc / "secrets.toml"
+        secrets.write_text(f'[models]\nopenai_api_key = "{fake.api_key}"\n')
+        secrets.chmod(0o600)
 
     def install(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.run("install", "--yes", "--livekit-server-bin", str(binary()), "--livekit-client-tgz",

@@ -43,6 +43,16 @@ class Console:
         self.used = UsedLinks(layout.data_dir / "console" / "used-links")
         self.livekit_url = c.livekit_url or settings.livekit.url
         self.assets = c.assets_dir
+        lk = urlsplit(self.livekit_url)
+        media = f"{lk.scheme}://{lk.netloc} {'https' if lk.scheme == 'wss' else 'http'}://{lk.netloc}"
+        self.security_headers = {
+            "Content-Security-Policy": f"default-src 'self'; connect-src 'self' {media}; media-src 'self' blob:;"
+            " img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            # Not no-referrer: with it, a browser sends "Origin: null" on the page's own form posts.
+            "Referrer-Policy": "same-origin",
+        }
 
     # --- the app ---------------------------------------------------------------------------------------------
 
@@ -61,18 +71,7 @@ class Console:
     @web.middleware
     async def _headers(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
-        lk = urlsplit(self.livekit_url)
-        media = f"{lk.scheme}://{lk.netloc} {'https' if lk.scheme == 'wss' else 'http'}://{lk.netloc}"
-        response.headers.update(
-            {
-                "Content-Security-Policy": f"default-src 'self'; connect-src 'self' {media}; media-src 'self' blob:;"
-                " img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-                "X-Frame-Options": "DENY",
-                "X-Content-Type-Options": "nosniff",
-                # Not no-referrer: with it, a browser sends "Origin: null" on the page's own form posts.
-                "Referrer-Policy": "same-origin",
-            }
-        )
+        response.headers.update(self.security_headers)
         if not request.path.startswith("/static/"):
             response.headers["Cache-Control"] = "no-store"
         return response

@@ -43,14 +43,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def voice_box(fake: FakeOpenAI) -> Iterator[InstalledAppliance]:
-    installed = InstalledAppliance(
-        extra=f'[models]\nllm = "openai"\nstt = "openai"\nvad = "silero"\ntts = "openai"\n'
-        f'openai_base_url = "{fake.base_url}"\n'
-    )
-    installed.write_config()
-    secrets = installed.etc / "secrets.toml"
-    secrets.write_text(f'[models]\nopenai_api_key = "{fake.api_key}"\n')
-    secrets.chmod(0o600)
+    installed = InstalledAppliance()
+    installed.use_models(fake, stt="openai", vad="silero", tts="openai")
     try:
         installed.install()
         installed.run("console", "passwd", stdin=PASSWORD)

@@ -35,13 +35,8 @@ def fake() -> Iterator[FakeOpenAI]:
 
 @pytest.fixture(scope="module")
 def box(fake: FakeOpenAI) -> Iterator[InstalledAppliance]:
-    installed = InstalledAppliance(
-        extra=f'[models]\nllm = "openai"\nopenai_base_url = "{fake.base_url}"\nopenai_model = "box-1"\n'
-    )
-    installed.write_config()
-    secrets = installed.etc / "secrets.toml"
-    secrets.write_text(f'[models]\nopenai_api_key = "{fake.api_key}"\n')
-    secrets.chmod(0o600)
+    installed = InstalledAppliance()
+    installed.use_models(fake, openai_model="box-1")
     try:
         installed.install()
         yield installed

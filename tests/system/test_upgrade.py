@@ -73,12 +73,8 @@ async def test_the_operators_agent_survives_an_upgrade(
     """Installed again for the new appliance from its kept wheels (offline), checked, and still the one running."""
     with in_thread("sk-upgrade-models") as fake:
         fake.tool_script = order_questions
-        installed = new_appliance(
-            extra=f'[models]\nllm = "openai"\nopenai_base_url = "{fake.base_url}"\nopenai_model = "up-1"\n'
-        )
-        secrets = installed.etc / "secrets.toml"
-        secrets.write_text(f'[models]\nopenai_api_key = "{fake.api_key}"\n')
-        secrets.chmod(0o600)
+        installed = new_appliance()
+        installed.use_models(fake, openai_model="up-1")
         installed.install()
         installed.run("agent", "install", str(EXAMPLES / "order-desk"), "--no-index", "--find-links", str(WHEELHOUSE),
                       timeout=600)  # fmt: skip
