@@ -29,6 +29,8 @@ from appliance.tokens import join_token
 log = logging.getLogger("appliance.console")
 COOKIE = "console_session"
 STATIC = Path(__file__).parent / "static"
+# What the login page may say after a redirect: a code, never text from the address (no message planted by a link).
+LOGIN_ERRORS = {"wrong-password": "wrong password"}
 CLIENT_JS = "livekit-client.umd.js"
 
 
@@ -113,7 +115,7 @@ class Console:
     async def page(self, request: web.Request) -> web.Response:
         grant = self.grant_of(request)
         if grant is None:
-            return _html("login.html", error=request.query.get("error", ""))
+            return _html("login.html", error=LOGIN_ERRORS.get(request.query.get("error", ""), ""))
         return _html("console.html", csrf=grant.csrf, room=grant.room, identity=grant.identity, kind=grant.kind)
 
     async def login(self, request: web.Request) -> web.Response:
@@ -122,8 +124,9 @@ class Console:
         address = request.remote or "?"
         wait = self.throttle.wait_s(address)
         if wait > 0:
-            return web.json_response({"error": "too many wrong passwords: wait"}, status=429,
-                                     headers={"Retry-After": str(int(wait) + 1)})  # fmt: skip
+            seconds = int(wait) + 1
+            return _html("login.html", status=429, headers={"Retry-After": str(seconds)},
+                         error=f"too many wrong passwords: try again in {seconds} s")  # fmt: skip
         form = await request.post()
         stored = self.settings.console.password_hash
         password = str(form.get("password", ""))
@@ -131,7 +134,7 @@ class Console:
         if not ok:
             self.throttle.failed(address)
             log.warning("console: a wrong password from %s", address)
-            raise web.HTTPSeeOther("/?error=wrong+password")
+            raise web.HTTPSeeOther("/?error=wrong-password")
         self.throttle.succeeded(address)
         response = web.HTTPSeeOther("/")
         ttl = self.settings.console.session_ttl_s
@@ -207,9 +210,9 @@ async def _no_icon(_: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def _html(name: str, *, status: int = 200, **values: str) -> web.Response:
+def _html(name: str, *, status: int = 200, headers: dict[str, str] | None = None, **values: str) -> web.Response:
     """A page of static/, its {placeholders} filled with escaped values (no secret is ever one of them)."""
     text = (STATIC / name).read_text()
     for key, value in values.items():
         text = text.replace("{" + key + "}", html.escape(value, quote=True))
-    return web.Response(text=text, status=status, content_type="text/html")
+    return web.Response(text=text, status=status, headers=headers, content_type="text/html")

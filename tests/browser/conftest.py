@@ -26,8 +26,9 @@ def console_url(installed: InstalledAppliance) -> str:
     return f"http://127.0.0.1:{installed.settings.console.port}/"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def box() -> Iterator[InstalledAppliance]:
+    """One appliance (text only, the offline model) for the page's tests, the operator's password set."""
     installed = InstalledAppliance()
     installed.write_config()
     try:

@@ -70,6 +70,8 @@ async def test_the_page_its_bundle_and_a_login(box: InstalledAppliance, browser:
     assert first.status == 200 and 'action="/login"' in await first.text()
     assert "default-src 'self'" in first.headers["Content-Security-Policy"]
     assert first.headers["X-Frame-Options"] == "DENY"
+    planted = await (await browser.get(f"{base(box)}/?error=call+0800+123+now")).text()
+    assert "call 0800" not in planted  # the page says only its own messages
     bundle = await (await browser.get(f"{base(box)}/static/livekit-client.umd.js")).read()
     with tarfile.open(fileobj=io.BytesIO(LIVEKIT_CLIENT_TGZ.read_bytes())) as archive:
         member = archive.extractfile(Lock.read().member)
@@ -142,9 +144,10 @@ async def test_requests_from_another_site_or_without_the_csrf_token_are_refused(
 async def test_repeated_wrong_passwords_are_slowed(box: InstalledAppliance, browser: aiohttp.ClientSession) -> None:
     for _ in range(3):
         wrong = await login(browser, box, "not the password at all")
-        assert wrong.status == 303 and "error=wrong" in wrong.headers["Location"]
+        assert wrong.status == 303 and wrong.headers["Location"] == "/?error=wrong-password"
     slowed = await login(browser, box, PASSWORD)  # even the right one waits its turn
     assert slowed.status == 429 and int(slowed.headers["Retry-After"]) >= 1
+    assert "too many wrong passwords: try again in" in await slowed.text()  # the login page, saying so
     await asyncio.sleep(1.2)
     assert (await login(browser, box)).status == 303  # after the wait, the right password works and clears it
     assert (await login(browser, box, "wrong again, once")).status == 303
