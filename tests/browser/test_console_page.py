@@ -95,3 +95,21 @@ def test_the_page_tells_when_the_agent_died_and_when_it_resumed(box: InstalledAp
         expect(page.locator("#transcript li.agent", has_text=resume_greeting)).to_be_visible(timeout=30_000)
         assert room_pid(box, "crash-room") not in (None, pid)
         carol.close()
+
+
+def test_the_page_says_when_no_agent_is_there_and_when_one_comes(box: InstalledAppliance) -> None:
+    box.supervisor().stop("worker", timeout_s=60)
+    try:
+        with chromium() as browser:
+            dan = Person(browser)
+            log_in_and_join(dan, console_url(box), "empty-room", "dan")
+            state = dan.page.locator("#agent-state")
+            expect(state).to_have_attribute("data-state", "absent")
+            expect(state).to_contain_text("The agent is absent")
+            box.supervisor().start("worker")
+            expect(state).to_have_attribute("data-state", "present", timeout=60_000)
+            expect(dan.page.locator("#transcript li.agent").first).to_contain_text("Hello!", timeout=30_000)
+            dan.close()
+    finally:
+        if box.supervisor().process("worker").state != "RUNNING":
+            box.supervisor().start("worker")
