@@ -79,6 +79,8 @@ async def test_a_room_whose_agent_keeps_dying_is_given_up(
         assert counters["redispatches"] == {"killed": 1}
         assert counters["given_up"] == 1
         assert counters["reconciled"] == 0  # the reconciler respects it too
+        # and the room was told each time: what the web console and `appliance chat` show
+        assert [(t["state"], t["cause"]) for t in alice.told] == [("redispatching", "killed"), ("given_up", "killed")]
     finally:
         assert worker.terminate() == 0
 
