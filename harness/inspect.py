@@ -42,3 +42,8 @@ def conversation_status(settings: AgentSettings, conversation_id: str) -> str | 
 def backlog(redis_client: redis.Redis, settings: AgentSettings) -> int:
     """Entries in the write-ahead stream not yet flushed (flushed ones are deleted)."""
     return int(redis_client.xlen(Keys(settings.store.key_prefix).stream))
+
+
+def recent_count(redis_client: redis.Redis, settings: AgentSettings, conversation_id: str) -> int:
+    """How many messages a conversation's Redis list holds (its head is the coverage marker)."""
+    return max(0, int(redis_client.llen(Keys(settings.store.key_prefix).conversation(conversation_id))) - 1)

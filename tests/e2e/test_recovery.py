@@ -11,10 +11,10 @@ import psutil
 
 from agent.settings import AgentSettings
 from appliance.chatclient import ChatClient
-from harness.inspect import conversation_status
+from harness.inspect import conversation_status, recent_count
 from harness.livekit import LiveKitServer
 from harness.processes import WorkerProcess
-from harness.servers import wait_until
+from harness.servers import RedisServer, wait_until
 
 Join = Callable[[str, str], Awaitable[ChatClient]]
 
@@ -32,13 +32,24 @@ def room_pid(worker: WorkerProcess, room: str) -> int:
     return int(pids[0])
 
 
-async def test_kill_9_of_a_room_process_resumes_the_whole_conversation(worker: WorkerProcess, join: Join) -> None:
+async def test_kill_9_of_a_room_process_resumes_the_whole_conversation(
+    worker: WorkerProcess, join: Join, redis_server: RedisServer
+) -> None:
     alice = await join("crash-room", "alice")
     await alice.greeting()
     acked = []
     for i in range(3):
         acked.append(await alice.send(f"line {i}"))
         await alice.reply_containing(f"alice: line {i}")
+    # The agent stores its answer once said (a kill in between loses that answer, never an acknowledged line):
+    # the kill comes once the store holds all seven.
+    conversation = next(r["conversation"] for r in worker.status()["rooms"] if r["room"] == "crash-room")
+    assert conversation, worker.status()
+
+    def stored() -> int:
+        return recent_count(redis_server.client(), worker.settings, conversation)
+
+    wait_until(lambda: stored() == 7, 10, "the answers stored")
     before = room_pid(worker, "crash-room")
     os.kill(before, signal.SIGKILL)
     assert "I remember our conversation" in await alice.reply_containing("I'm back", 60)
