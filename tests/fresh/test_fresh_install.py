@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,12 @@ def test_install_sh_on_a_fresh_debian_12(fresh: Fresh) -> None:
     ]
     assert lines[3] == "carol: how many messages now?"
     assert "holds 4 messages" in lines[4]
+
+    # The web console, where the README says: its login page and livekit-client's bundle, from the box.
+    with urllib.request.urlopen("http://127.0.0.1:8090/", timeout=10) as page:
+        assert page.status == 200 and 'action="/login"' in page.read().decode()
+    with urllib.request.urlopen("http://127.0.0.1:8090/static/livekit-client.umd.js", timeout=10) as bundle:
+        assert bundle.status == 200 and len(bundle.read()) > 100_000
 
 
 def test_second_install_sh_changes_nothing(fresh: Fresh) -> None:
