@@ -37,13 +37,11 @@ from agent.logs import brief
 from agent.resources import lua
 from agent.settings import WorkerSettings
 from agent.store.keys import digest
+from agent.topics import STATE_TOPIC
 
 log = logging.getLogger("agent.redispatch")
 AGENT_KIND = models.ParticipantInfo.Kind.AGENT
 HEARTBEAT_EVERY_S = 1.0
-# The topic on which the rooms are told that their agent died and what the appliance does about it (the web
-# console shows it: LiveKit itself tells the others that a participant left only seconds later, in a batch).
-STATE_TOPIC = "appliance.state"
 # Three missed beats: a worker slower than that to reach Redis is taken for dead, and then still has
 # orphan_after_s to beat again before its rooms are taken over.
 HEARTBEAT_TTL_S = 3.0

@@ -32,11 +32,9 @@ from agent.models import SPEAKER_KEY, build_llm, build_stt, build_tts
 from agent.settings import AgentSettings
 from agent.store.records import InvalidMessage
 from agent.store.store import Conversation, ConversationStore, StoreUnavailable
+from agent.topics import ACK_TOPIC, CHAT_TOPIC
 
 log = logging.getLogger("agent.session")
-CHAT_TOPIC = "lk.chat"
-# Tells a sender what became of its line: {"stream_id", "message_id"} once stored, {"stream_id", "error"} if not.
-ACK_TOPIC = "appliance.ack"
 RAW_KEY = "spoken_text"  # ChatMessage.extra key: a transcribed turn's text, before we named its speaker
 EXIT_CRASHED = 70  # sysexits' EX_SOFTWARE
 

@@ -10,10 +10,7 @@ from typing import Any
 
 from livekit import rtc
 
-CHAT_TOPIC = "lk.chat"
-REPLY_TOPIC = "lk.transcription"
-ACK_TOPIC = "appliance.ack"
-STATE_TOPIC = "appliance.state"  # agent/redispatch.py: the room's agent died, and what the appliance does about it
+from agent.topics import ACK_TOPIC, CHAT_TOPIC, REPLY_TOPIC, STATE_TOPIC
 
 
 class Refused(Exception):

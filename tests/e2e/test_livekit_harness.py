@@ -15,10 +15,10 @@ import pytest
 from livekit import rtc
 from livekit.protocol.room import CreateRoomRequest, ListRoomsRequest
 
+from agent.topics import CHAT_TOPIC
 from harness import livekit as harness
 from harness.livekit import LiveKitServer, PrivateNetwork, is_loopback, logged_candidates
 
-CHAT_TOPIC = "lk.chat"
 SAMPLE_RATE = 48000
 FRAME_SAMPLES = SAMPLE_RATE // 100  # 10 ms, what libwebrtc's audio pipeline works in
 
