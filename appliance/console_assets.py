@@ -67,10 +67,15 @@ def installed(assets: Path, lock: Lock) -> bool:
     return (assets / BUNDLE).is_file() and stamp.is_file() and stamp.read_text().strip() == lock.integrity
 
 
-def unpack(data: bytes, where: str, assets: Path, lock: Lock) -> None:
-    """The bundle of ``data`` (the tarball, from ``where``) in ``assets``, once its sha512 is the lock's."""
+def check(data: bytes, where: str, lock: Lock) -> None:
+    """Raises unless ``data`` (the tarball, from ``where``) is the one the lock names."""
     if integrity(data) != lock.integrity:
         raise ApplianceError(f"{where}: its sha512 is not the one config/livekit-client.lock names: refused")
+
+
+def unpack(data: bytes, where: str, assets: Path, lock: Lock) -> None:
+    """The bundle of ``data`` (the tarball, from ``where``) in ``assets``, once its sha512 is the lock's."""
+    check(data, where, lock)
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             member = archive.extractfile(lock.member)
@@ -109,8 +114,7 @@ def main(argv: list[str]) -> int:
             unpack(args.file.read_bytes(), str(args.file), args.into, lock)
         elif not (args.file.is_file() and integrity(args.file.read_bytes()) == lock.integrity):
             data = _download(lock.tarball)
-            if integrity(data) != lock.integrity:
-                raise ApplianceError(f"{lock.tarball}: its sha512 is not the one config/livekit-client.lock names")
+            check(data, lock.tarball, lock)
             args.file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(args.file, data, mode=0o644)
     except (ApplianceError, OSError) as exc:
